@@ -1,0 +1,215 @@
+// Package cache is Outpost's front end: the read side of the OCI
+// distribution API on valyala/fasthttp, serving from the store and filling
+// it from upstreams on a miss. fasthttp types stay inside this package.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/outpost-oci/outpost/store"
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sync/singleflight"
+)
+
+// Upstream is what the cache needs from an upstream registry. repo is the
+// repository at the upstream (library/alpine), ref a tag or digest.
+type Upstream interface {
+	Name() string
+	// Down reports that the upstream is known unreachable: cached content is
+	// then served without asking it.
+	Down() bool
+	// Manifest returns verified manifest bytes and their descriptor.
+	Manifest(ctx context.Context, repo, ref string) ([]byte, v1.Descriptor, error)
+	// Head returns what ref points at now, within a short deadline.
+	Head(ctx context.Context, repo, ref string) (v1.Descriptor, error)
+	// Blob opens a blob from offset; size is the total size, -1 if unknown.
+	Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error)
+}
+
+// UpstreamOptions is one configured upstream.
+type UpstreamOptions struct {
+	Upstream Upstream
+	TagTTL   time.Duration // how long a tag is served without asking upstream
+	Default  bool          // serves names without a registry host
+}
+
+// Options configure a Cache.
+type Options struct {
+	Store     *store.Store
+	Upstreams []UpstreamOptions
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+type upstream struct {
+	Upstream
+	tagTTL time.Duration
+}
+
+// Cache serves the OCI distribution API from the store, filling it from
+// upstreams.
+type Cache struct {
+	store           *store.Store
+	upstreams       map[string]*upstream
+	defaultUpstream *upstream
+	log             *slog.Logger
+	now             func() time.Time
+
+	// ctx outlives requests: fills run on it so a client leaving does not
+	// abort a download others wait for; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	work   sync.WaitGroup
+
+	manifests singleflight.Group
+	fillsMu   sync.Mutex
+	fills     map[string]*fill
+}
+
+// New builds a cache. It does no I/O.
+func New(opts Options) (*Cache, error) {
+	if opts.Store == nil {
+		return nil, errors.New("cache: no store")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Cache{store: opts.Store, upstreams: map[string]*upstream{}, log: opts.Logger, now: opts.Now,
+		ctx: ctx, cancel: cancel, fills: map[string]*fill{}}
+	for _, o := range opts.Upstreams {
+		u := &upstream{Upstream: o.Upstream, tagTTL: o.TagTTL}
+		name := canonicalHost(u.Name())
+		if c.upstreams[name] != nil {
+			return nil, fmt.Errorf("cache: upstream %s configured twice", name)
+		}
+		c.upstreams[name] = u
+		if o.Default {
+			c.defaultUpstream = u
+		}
+	}
+	return c, nil
+}
+
+// Close stops fills in flight (their partial data is discarded) and waits
+// for them.
+func (c *Cache) Close() {
+	c.cancel()
+	c.work.Wait()
+}
+
+// Server returns a fasthttp server for the cache, tuned for long blob
+// downloads on small machines.
+func (c *Cache) Server() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:                       c.Handler,
+		Name:                          "outpost",
+		ReadTimeout:                   60 * time.Second, // reading a request; WriteTimeout would cut long blobs
+		IdleTimeout:                   120 * time.Second,
+		MaxRequestBodySize:            1 << 20, // this API takes no bodies
+		ReduceMemoryUsage:             true,
+		NoDefaultContentType:          true,
+		DisablePreParseMultipartForm:  true,
+		DisableHeaderNamesNormalizing: false,
+		CloseOnShutdown:               true,
+		Logger:                        connLogger{c.log},
+	}
+}
+
+// Serve serves on ln until ctx ends, then shuts down gracefully.
+func (c *Cache) Serve(ctx context.Context, ln net.Listener) error {
+	srv := c.Server()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return srv.ShutdownWithContext(shutdownCtx)
+	}
+}
+
+// outcome says how a request was served, for the access log.
+type outcome string
+
+const (
+	outcomeNone  outcome = ""
+	outcomeHit   outcome = "hit"   // from the store, fresh
+	outcomeMiss  outcome = "miss"  // fetched from upstream
+	outcomeStale outcome = "stale" // from the store, upstream unreachable
+	outcomeFill  outcome = "fill"  // streamed while being fetched
+)
+
+// Handler is the fasthttp request handler.
+func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
+	out, err := c.handle(ctx)
+	if err != nil {
+		re := toRegError(err, transport.UnknownErrorCode)
+		if re.Status >= 500 {
+			c.log.Error("request failed", "id", ctx.ID(), "path", string(ctx.Path()), "err", err)
+		}
+		ctx.Response.ResetBody()
+		ctx.SetStatusCode(re.Status)
+		ctx.SetContentType("application/json")
+		ctx.SetBody(re.body())
+	}
+	c.log.Info("request", "id", ctx.ID(), "method", string(ctx.Method()), "path", string(ctx.Path()),
+		"status", ctx.Response.StatusCode(), "cache", string(out), "remote", ctx.RemoteIP().String(),
+		"duration", time.Since(start).Round(time.Microsecond))
+}
+
+func (c *Cache) handle(ctx *fasthttp.RequestCtx) (outcome, error) {
+	r, err := c.parseRoute(string(ctx.Path()), string(ctx.QueryArgs().Peek("ns")))
+	if err != nil {
+		return outcomeNone, err
+	}
+	if !ctx.IsGet() && !ctx.IsHead() || r.kind == kindUpload {
+		return outcomeNone, newError(http.StatusMethodNotAllowed, transport.UnsupportedErrorCode,
+			"this Outpost is a read-only cache: %s is not supported here", ctx.Method())
+	}
+	switch r.kind {
+	case kindBase:
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString("{}")
+		return outcomeNone, nil
+	case kindCatalog:
+		return outcomeHit, c.catalog(ctx)
+	case kindTags:
+		return outcomeHit, c.tags(ctx, r)
+	case kindReferrers:
+		return outcomeHit, c.referrers(ctx, r)
+	case kindManifest:
+		return c.manifest(ctx, r)
+	default:
+		return c.blob(ctx, r)
+	}
+}
+
+// connLogger keeps fasthttp's connection-level errors (a TLS hello sent to
+// this plain-HTTP port, a client vanishing) out of the way, and short.
+type connLogger struct{ log *slog.Logger }
+
+func (l connLogger) Printf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if len(msg) > 200 {
+		msg = msg[:200] + "…"
+	}
+	l.log.Debug("connection", "detail", msg)
+}

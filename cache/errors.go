@@ -1,0 +1,80 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/outpost-oci/outpost/store"
+)
+
+// regError is an error the client sees as OCI error JSON with a status.
+type regError struct {
+	Status  int
+	Code    transport.ErrorCode
+	Message string
+}
+
+func (e *regError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
+
+func newError(status int, code transport.ErrorCode, format string, a ...any) *regError {
+	return &regError{Status: status, Code: code, Message: fmt.Sprintf(format, a...)}
+}
+
+// Codes the spec defines that ggcr has no constant for.
+const codeUnavailable transport.ErrorCode = "UNAVAILABLE"
+
+// upstreamError is how the cache reads errors from its upstreams without
+// importing them (mirror.Error implements it).
+type upstreamError interface {
+	NotFound() bool
+	Unavailable() bool
+	TooManyRequests() bool
+	BadContent() bool
+}
+
+// toRegError is the single mapping from an error to what the client sees.
+// notFound is the code to use when the thing asked for does not exist.
+func toRegError(err error, notFound transport.ErrorCode) *regError {
+	var re *regError
+	if errors.As(err, &re) {
+		return re
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return newError(http.StatusNotFound, notFound, "not found")
+	}
+	if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) {
+		return newError(http.StatusBadGateway, transport.UnknownErrorCode, "upstream sent content that does not match its digest")
+	}
+	var ue upstreamError
+	if errors.As(err, &ue) {
+		switch {
+		case ue.NotFound():
+			return newError(http.StatusNotFound, notFound, "not found upstream")
+		case ue.BadContent():
+			return newError(http.StatusBadGateway, transport.UnknownErrorCode, "upstream sent content that does not match its digest")
+		case ue.TooManyRequests():
+			return newError(http.StatusTooManyRequests, transport.TooManyRequestsErrorCode, "upstream rate limit reached")
+		case ue.Unavailable():
+			return newError(http.StatusServiceUnavailable, codeUnavailable, "upstream unavailable and not in cache")
+		}
+		return newError(http.StatusBadGateway, transport.UnknownErrorCode, "upstream error")
+	}
+	return newError(http.StatusInternalServerError, transport.UnknownErrorCode, "internal error")
+}
+
+type errorBody struct {
+	Errors []errorEntry `json:"errors"`
+}
+
+type errorEntry struct {
+	Code    transport.ErrorCode `json:"code"`
+	Message string              `json:"message"`
+}
+
+func (e *regError) body() []byte {
+	b, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code, Message: e.Message}}})
+	return b
+}

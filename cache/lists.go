@@ -1,0 +1,123 @@
+package cache
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/valyala/fasthttp"
+)
+
+// catalog lists cached repositories under their canonical names
+// (docker.io/library/alpine), which clients can pull by path prefix.
+func (c *Cache) catalog(ctx *fasthttp.RequestCtx) error {
+	repos, err := c.store.Repositories()
+	if err != nil {
+		return err
+	}
+	page, err := paginate(ctx, repos)
+	if err != nil {
+		return err
+	}
+	return writeJSON(ctx, struct {
+		Repositories []string `json:"repositories"`
+	}{page})
+}
+
+// tags lists the tags the cache holds for a repository.
+func (c *Cache) tags(ctx *fasthttp.RequestCtx, r route) error {
+	tags, err := c.store.Tags(r.key)
+	if err != nil {
+		return err
+	}
+	if len(tags) == 0 {
+		repos, err := c.store.Repositories()
+		if err != nil {
+			return err
+		}
+		if i := sort.SearchStrings(repos, r.key); i == len(repos) || repos[i] != r.key {
+			return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "repository %q is not cached", r.name)
+		}
+	}
+	page, err := paginate(ctx, tags)
+	if err != nil {
+		return err
+	}
+	return writeJSON(ctx, struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{r.name, page})
+}
+
+// paginate applies the spec's n and last parameters to a sorted list and
+// sets the Link header when more remain.
+func paginate(ctx *fasthttp.RequestCtx, all []string) ([]string, error) {
+	args := ctx.QueryArgs()
+	if last := string(args.Peek("last")); last != "" {
+		all = all[sort.Search(len(all), func(i int) bool { return all[i] > last }):]
+	}
+	page := all
+	if nArg := args.Peek("n"); len(nArg) > 0 {
+		n, err := strconv.Atoi(string(nArg))
+		if err != nil || n < 0 {
+			return nil, newError(http.StatusBadRequest, transport.UnsupportedErrorCode, "invalid n %q", nArg)
+		}
+		if n < len(all) {
+			page = all[:n]
+			if n > 0 {
+				next := url.Values{"n": {strconv.Itoa(n)}, "last": {page[n-1]}}
+				ctx.Response.Header.Set("Link", "<"+string(ctx.Path())+"?"+next.Encode()+`>; rel="next"`)
+			}
+		}
+	}
+	if page == nil {
+		page = []string{}
+	}
+	return page, nil
+}
+
+// referrers answers the referrers API from the manifests the cache holds
+// whose subject is the digest asked for.
+func (c *Cache) referrers(ctx *fasthttp.RequestCtx, r route) error {
+	d, _ := v1.NewHash(r.ref)
+	descs, err := c.store.Referrers(r.key, d)
+	if err != nil {
+		return err
+	}
+	if want := string(ctx.QueryArgs().Peek("artifactType")); want != "" {
+		kept := descs[:0]
+		for _, desc := range descs {
+			if desc.ArtifactType == want {
+				kept = append(kept, desc)
+			}
+		}
+		descs = kept
+		ctx.Response.Header.Set("OCI-Filters-Applied", "artifactType")
+	}
+	if descs == nil {
+		descs = []v1.Descriptor{}
+	}
+	if err := writeJSON(ctx, v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Manifests: descs}); err != nil {
+		return err
+	}
+	ctx.SetContentType(string(types.OCIImageIndex))
+	return nil
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx.SetContentType("application/json")
+	if ctx.IsHead() {
+		ctx.Response.SkipBody = true
+	}
+	ctx.SetBody(b)
+	return nil
+}

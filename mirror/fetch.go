@@ -1,0 +1,144 @@
+package mirror
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// maxManifestSize bounds what we read of a manifest; registries commonly
+// refuse manifests above 4 MiB.
+const maxManifestSize = 4 << 20
+
+// acceptManifests asks for every manifest kind, so that what is stored is
+// exactly what upstream has (an index by tag keeps its digest).
+var acceptManifests = strings.Join([]string{
+	string(types.OCIImageIndex), string(types.OCIManifestSchema1),
+	string(types.DockerManifestList), string(types.DockerManifestSchema2),
+}, ", ")
+
+// Manifest fetches a manifest by tag or digest. The bytes are verified
+// against the digest asked for, or against Docker-Content-Digest for a tag.
+func (u *Upstream) Manifest(ctx context.Context, repo, ref string) ([]byte, v1.Descriptor, error) {
+	resp, err := u.do(ctx, "manifest", http.MethodGet, repo, "/manifests/"+ref, http.Header{"Accept": {acceptManifests}})
+	if err != nil {
+		return nil, v1.Descriptor{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, v1.Descriptor{}, responseError(u.opts.Name, "manifest", resp)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	if err != nil {
+		return nil, v1.Descriptor{}, &Error{Upstream: u.opts.Name, Op: "manifest", Err: err}
+	}
+	if len(b) > maxManifestSize {
+		return nil, v1.Descriptor{}, &Error{Upstream: u.opts.Name, Op: "manifest", Status: http.StatusBadGateway,
+			Err: fmt.Errorf("%s:%s is larger than %d bytes", repo, ref, maxManifestSize)}
+	}
+	got, size, _ := v1.SHA256(bytes.NewReader(b))
+	want, isDigest := digestRef(ref)
+	if !isDigest {
+		want, _ = v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+	}
+	if want.Algorithm == "sha256" && want != got {
+		return nil, v1.Descriptor{}, &Error{Upstream: u.opts.Name, Op: "manifest", Mismatch: true,
+			Err: fmt.Errorf("%s@%s: content hashes to %s", repo, want, got)}
+	}
+	mt := manifestMediaType(resp.Header.Get("Content-Type"), b)
+	return b, v1.Descriptor{MediaType: types.MediaType(mt), Size: size, Digest: got}, nil
+}
+
+// Head asks upstream what a tag (or digest) points at, within the
+// revalidation deadline. The digest is zero if upstream did not say.
+func (u *Upstream) Head(ctx context.Context, repo, ref string) (v1.Descriptor, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.opts.RevalidateTimeout)
+	defer cancel()
+	resp, err := u.do(ctx, "head", http.MethodHead, repo, "/manifests/"+ref, http.Header{"Accept": {acceptManifests}})
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return v1.Descriptor{}, responseError(u.opts.Name, "head", resp)
+	}
+	resp.Body.Close()
+	d, _ := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+	return v1.Descriptor{MediaType: types.MediaType(mediaTypeOf(resp.Header.Get("Content-Type"))), Size: resp.ContentLength, Digest: d}, nil
+}
+
+// Blob opens a blob from offset on. size is the blob's total size, or -1 if
+// upstream did not say. The caller verifies the bytes and closes the body.
+func (u *Upstream) Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error) {
+	header := http.Header{}
+	if offset > 0 {
+		header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	}
+	resp, err := u.do(ctx, "blob", http.MethodGet, repo, "/blobs/"+d.String(), header)
+	if err != nil {
+		return nil, 0, err
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		if offset > 0 { // upstream ignored Range: skip what we have
+			if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
+				resp.Body.Close()
+				return nil, 0, &Error{Upstream: u.opts.Name, Op: "blob", Err: err}
+			}
+		}
+		return resp.Body, resp.ContentLength, nil
+	case resp.StatusCode == http.StatusPartialContent && offset > 0:
+		return resp.Body, contentRangeTotal(resp.Header.Get("Content-Range")), nil
+	}
+	return nil, 0, responseError(u.opts.Name, "blob", resp)
+}
+
+// contentRangeTotal reads the total of "bytes a-b/total", or -1.
+func contentRangeTotal(v string) int64 {
+	_, total, ok := strings.Cut(v, "/")
+	if !ok {
+		return -1
+	}
+	n, err := strconv.ParseInt(total, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func digestRef(ref string) (v1.Hash, bool) {
+	if !strings.Contains(ref, ":") {
+		return v1.Hash{}, false
+	}
+	h, err := v1.NewHash(ref)
+	return h, err == nil
+}
+
+// manifestMediaType trusts a specific Content-Type; for a generic one it
+// reads the manifest's own mediaType field.
+func manifestMediaType(contentType string, b []byte) string {
+	mt := mediaTypeOf(contentType)
+	if mt != "" && mt != "application/json" && mt != "text/plain" && mt != "application/octet-stream" {
+		return mt
+	}
+	var m struct {
+		MediaType string `json:"mediaType"`
+		Manifests []any  `json:"manifests"`
+	}
+	if json.Unmarshal(b, &m) == nil {
+		switch {
+		case m.MediaType != "":
+			return m.MediaType
+		case m.Manifests != nil:
+			return string(types.OCIImageIndex)
+		}
+	}
+	return string(types.OCIManifestSchema1)
+}

@@ -1,0 +1,303 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// ErrNotFound is returned when the store has no such blob, manifest or tag.
+var ErrNotFound = errors.New("not found")
+
+// Options tune a Store. The zero value is usable.
+type Options struct {
+	Logger *slog.Logger
+	// Now is the clock, replaceable in tests.
+	Now func() time.Time
+}
+
+// Store is the data directory. It is safe for concurrent use.
+type Store struct {
+	root string
+	db   *badger.DB
+	log  *slog.Logger
+	now  func() time.Time
+
+	access accessLog
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// Open opens (creating if needed) the store under root, sweeps what a crash
+// left behind, and starts the background flush of access times.
+func Open(root string, opts Options) (*Store, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	for _, dir := range []string{root, filepath.Join(root, "meta"), filepath.Join(root, "blobs"), filepath.Join(root, syncDir)} {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
+	db, err := badger.Open(badgerOptions(filepath.Join(root, "meta"), opts.Logger))
+	if err != nil {
+		return nil, fmt.Errorf("store: open metadata in %s: %w", root, err)
+	}
+	s := &Store{root: root, db: db, log: opts.Logger, now: opts.Now, stop: make(chan struct{})}
+	s.access.pending = map[string]int64{}
+	if err := s.checkSchema(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.sweep(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: cleaning up %s: %w", root, err)
+	}
+	s.wg.Add(1)
+	go s.background()
+	return s, nil
+}
+
+// badgerOptions sizes Badger for a 1 GiB Raspberry Pi. Metadata is small
+// (well under a KiB per entry), so tiny memtables and caches are plenty:
+// 2 × 4 MiB memtables, an 8 MiB block cache and 4 MiB index cache, 16 MiB
+// value-log files. Values stay in the LSM tree (threshold 64 KiB, below 15 %
+// of the memtable as Badger requires), so the value log needs no GC in
+// practice. SyncWrites is off (see doc.go for why that is safe).
+func badgerOptions(dir string, log *slog.Logger) badger.Options {
+	return badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{log}).
+		WithMemTableSize(4 << 20).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(6).
+		WithBaseTableSize(1 << 20).
+		WithBaseLevelSize(4 << 20).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(4 << 20).
+		WithValueLogFileSize(16 << 20).
+		WithValueThreshold(64 << 10).
+		WithNumCompactors(2).
+		WithNumGoroutines(2).
+		WithMetricsEnabled(false).
+		WithSyncWrites(false)
+}
+
+func (s *Store) checkSchema() error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(keyVersion))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return txn.Set([]byte(keyVersion), []byte(schemaVersion))
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			if string(v) != schemaVersion {
+				return fmt.Errorf("store: %s has schema version %q, this Outpost reads %q", s.root, v, schemaVersion)
+			}
+			return nil
+		})
+	})
+}
+
+// Close flushes access times and closes Badger. Sessions must be finished.
+func (s *Store) Close() error {
+	close(s.stop)
+	s.wg.Wait()
+	err := s.flushAccess()
+	return errors.Join(err, s.db.Close())
+}
+
+// Root is the data directory.
+func (s *Store) Root() string { return s.root }
+
+// blobPath is where a committed blob lives: blobs/sha256/ab/abcdef….
+func (s *Store) blobPath(d v1.Hash) string {
+	return filepath.Join(s.root, "blobs", d.Algorithm, d.Hex[:2], d.Hex)
+}
+
+// Manifest is a stored manifest.
+type Manifest struct {
+	Digest    v1.Hash
+	MediaType string
+	Bytes     []byte
+}
+
+type manifestMeta struct {
+	MediaType    string   `json:"mediaType"`
+	Size         int64    `json:"size"`
+	Children     []string `json:"children,omitempty"`
+	Subject      string   `json:"subject,omitempty"`
+	ArtifactType string   `json:"artifactType,omitempty"`
+}
+
+type blobMeta struct {
+	Size int64 `json:"size"`
+}
+
+type tagMeta struct {
+	Digest    string `json:"digest"`
+	CheckedAt int64  `json:"checkedAt"` // unix nanoseconds of the last upstream confirmation
+}
+
+// Tag is a tag's target and when upstream last confirmed it.
+type Tag struct {
+	Digest    v1.Hash
+	CheckedAt time.Time
+}
+
+func getJSON(txn *badger.Txn, key []byte, v any) error {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
+}
+
+func (s *Store) view(key []byte, v any) error {
+	return s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key, v) })
+}
+
+// Manifest returns a stored manifest by digest.
+func (s *Store) Manifest(d v1.Hash) (Manifest, error) {
+	var meta manifestMeta
+	if err := s.view(manifestKey(d.String()), &meta); err != nil {
+		return Manifest{}, err
+	}
+	b, err := os.ReadFile(s.blobPath(d))
+	if err != nil {
+		return Manifest{}, fmt.Errorf("store: manifest %s: %w", d, err)
+	}
+	s.Touch(d)
+	return Manifest{Digest: d, MediaType: meta.MediaType, Bytes: b}, nil
+}
+
+// Blob opens a stored blob (or manifest, which is content too) for reading.
+// The caller closes the file. A file under blobs/ is always complete and
+// verified, so the hot path needs no metadata lookup.
+func (s *Store) Blob(d v1.Hash) (*os.File, int64, error) {
+	f, err := os.Open(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: blob %s: %w", d, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("store: blob %s: %w", d, err)
+	}
+	s.Touch(d)
+	return f, fi.Size(), nil
+}
+
+// Tag returns what a tag points at.
+func (s *Store) Tag(repo, tag string) (Tag, error) {
+	var meta tagMeta
+	if err := s.view(tagKey(repo, tag), &meta); err != nil {
+		return Tag{}, err
+	}
+	d, err := v1.NewHash(meta.Digest)
+	if err != nil {
+		return Tag{}, fmt.Errorf("store: tag %s:%s: %w", repo, tag, err)
+	}
+	return Tag{Digest: d, CheckedAt: time.Unix(0, meta.CheckedAt)}, nil
+}
+
+// ConfirmTag records that upstream confirmed repo:tag → d at the given time.
+// The manifest must already be stored (invariant 3).
+func (s *Store) ConfirmTag(repo, tag string, d v1.Hash, at time.Time) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		if _, err := txn.Get(manifestKey(d.String())); err != nil {
+			return fmt.Errorf("store: confirm %s:%s: manifest %s: %w", repo, tag, d, ErrNotFound)
+		}
+		return setJSON(txn, tagKey(repo, tag), tagMeta{Digest: d.String(), CheckedAt: at.UnixNano()})
+	})
+}
+
+// DeleteTag forgets a tag (upstream said it is gone). Content stays.
+func (s *Store) DeleteTag(repo, tag string) error {
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(tagKey(repo, tag)) })
+}
+
+// Tags lists a repository's tags, sorted.
+func (s *Store) Tags(repo string) ([]string, error) {
+	return s.scan(tagPrefix(repo), func(k []byte) string { return lastPart(k) })
+}
+
+// Repositories lists every repository with stored content, sorted.
+func (s *Store) Repositories() ([]string, error) {
+	return s.scan([]byte(prefixRepo), func(k []byte) string { return string(k[len(prefixRepo):]) })
+}
+
+// Referrers lists the descriptors of manifests in repo whose subject is d.
+func (s *Store) Referrers(repo string, d v1.Hash) ([]v1.Descriptor, error) {
+	var out []v1.Descriptor
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 16, Prefix: referrerPrefix(repo, d.String())})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var desc v1.Descriptor
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &desc) }); err != nil {
+				return err
+			}
+			out = append(out, desc)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *Store) scan(prefix []byte, name func([]byte) string) ([]string, error) {
+	var out []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			out = append(out, name(it.Item().Key()))
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out, err
+}
+
+func setJSON(txn *badger.Txn, key []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return txn.Set(key, b)
+}
+
+// badgerLogger routes Badger's chatter into slog; its info lines are debug for us.
+type badgerLogger struct{ log *slog.Logger }
+
+func (l badgerLogger) Errorf(f string, a ...any) {
+	l.log.Error(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (l badgerLogger) Warningf(f string, a ...any) {
+	l.log.Warn(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (l badgerLogger) Infof(f string, a ...any) {
+	l.log.Debug(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (l badgerLogger) Debugf(f string, a ...any) {}
