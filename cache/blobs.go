@@ -29,13 +29,13 @@ func (c *Cache) blob(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 // (fasthttp hands an *os.File body to the kernel).
 func serveFile(ctx *fasthttp.RequestCtx, d v1.Hash, f *os.File, size int64) error {
 	setBlobHeaders(ctx, d)
-	start, n, ok := parseRange(ctx.Request.Header.Peek("Range"), size)
+	start, n, partial, ok := parseRange(ctx.Request.Header.Peek("Range"), size)
 	if !ok {
 		f.Close()
 		ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
 		return newError(http.StatusRequestedRangeNotSatisfiable, transport.UnsupportedErrorCode, "range not satisfiable")
 	}
-	if n != size {
+	if partial {
 		ctx.SetStatusCode(http.StatusPartialContent)
 		ctx.Response.Header.Set("Content-Range", contentRange(start, n, size))
 		if _, err := f.Seek(start, 0); err != nil {
@@ -66,39 +66,39 @@ func contentRange(start, n, size int64) string {
 }
 
 // parseRange reads a single "bytes=a-b", "bytes=a-" or "bytes=-n" range.
-// Without a usable Range header it returns the whole blob; ok is false only
-// for a well-formed range that lies outside the blob. Several ranges are
-// answered with the whole blob, which RFC 9110 allows.
-func parseRange(h []byte, size int64) (start, n int64, ok bool) {
+// Without a usable Range header it returns the whole blob (partial false);
+// ok is false only for a well-formed range that lies outside the blob.
+// Several ranges are answered with the whole blob, which RFC 9110 allows.
+func parseRange(h []byte, size int64) (start, n int64, partial, ok bool) {
 	spec, found := strings.CutPrefix(string(h), "bytes=")
 	first, last, hasDash := strings.Cut(spec, "-")
 	if !found || !hasDash || strings.Contains(spec, ",") {
-		return 0, size, true
+		return 0, size, false, true
 	}
 	if first == "" { // a suffix: the last k bytes
 		k, err := strconv.ParseInt(last, 10, 64)
 		switch {
 		case err != nil || k < 0:
-			return 0, size, true
+			return 0, size, false, true
 		case k == 0 || size == 0:
-			return 0, 0, false
+			return 0, 0, true, false
 		}
 		k = min(k, size)
-		return size - k, k, true
+		return size - k, k, true, true
 	}
 	a, err := strconv.ParseInt(first, 10, 64)
 	if err != nil || a < 0 {
-		return 0, size, true
+		return 0, size, false, true
 	}
 	if a >= size {
-		return 0, 0, false
+		return 0, 0, true, false
 	}
 	b := size - 1
 	if last != "" {
 		if b, err = strconv.ParseInt(last, 10, 64); err != nil || b < a {
-			return 0, size, true
+			return 0, size, false, true
 		}
 		b = min(b, size-1)
 	}
-	return a, b - a + 1, true
+	return a, b - a + 1, true, true
 }

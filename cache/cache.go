@@ -176,7 +176,9 @@ func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
 }
 
 func (c *Cache) handle(ctx *fasthttp.RequestCtx) (outcome, error) {
-	r, err := c.parseRoute(string(ctx.Path()), string(ctx.QueryArgs().Peek("ns")))
+	// The path as sent, not fasthttp's decoded and normalized one: a name
+	// with %2f or .. in it is invalid, not something to reinterpret.
+	r, err := c.parseRoute(string(ctx.Request.URI().PathOriginal()), string(ctx.QueryArgs().Peek("ns")))
 	if err != nil {
 		return outcomeNone, err
 	}

@@ -29,7 +29,14 @@ var (
 )
 
 func main() {
-	app := &cli.App{
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "outpost:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "outpost",
 		Usage: "an OCI image pull-through cache for the edge",
 		Commands: []*cli.Command{
@@ -44,7 +51,11 @@ func main() {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					return serve(ctx, cfg)
+					ln, err := net.Listen("tcp", cfg.HTTP.Address)
+					if err != nil {
+						return err
+					}
+					return serve(ctx, cfg, ln)
 				},
 			},
 			{
@@ -56,10 +67,6 @@ func main() {
 				},
 			},
 		},
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "outpost:", err)
-		os.Exit(1)
 	}
 }
 
@@ -80,8 +87,9 @@ func newLogger(cfg configs.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// serve runs the cache until ctx ends.
-func serve(ctx context.Context, cfg *configs.Config) error {
+// serve runs the cache on ln until ctx ends.
+func serve(ctx context.Context, cfg *configs.Config, ln net.Listener) error {
+	defer ln.Close()
 	log := newLogger(cfg.Log)
 	st, err := store.Open(cfg.Storage.Root, store.Options{Logger: log.With("component", "store")})
 	if err != nil {
@@ -113,10 +121,6 @@ func serve(ctx context.Context, cfg *configs.Config) error {
 	}
 	defer c.Close()
 
-	ln, err := net.Listen("tcp", cfg.HTTP.Address)
-	if err != nil {
-		return err
-	}
 	log.Info("serving", "address", ln.Addr().String(), "storage", cfg.Storage.Root, "upstreams", len(ups), "version", version)
 	err = c.Serve(ctx, ln)
 	if errors.Is(err, context.Canceled) {

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+const acceptAll = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, " +
+	"application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
+
+// Every routing form clients use reaches the same upstream repository and
+// shares one cache entry.
+func TestRoutingFormsShareOneEntry(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 1024, 2)
+	want := up.push("library/alpine", "3", img)
+	o := startOutpost(t, config(up, "1h"), "")
+
+	paths := []string{
+		"/v2/alpine/manifests/3",
+		"/v2/library/alpine/manifests/3",
+		"/v2/docker.io/library/alpine/manifests/3",
+		"/v2/index.docker.io/library/alpine/manifests/3",
+		"/v2/library/alpine/manifests/3?ns=docker.io",
+		"/v2/alpine/manifests/3?ns=registry-1.docker.io",
+		"/v2/docker.io/library/alpine/manifests/3?ns=docker.io&foo=bar",
+	}
+	for _, p := range paths {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			status, h, body := o.get(t, method, p, "Accept", acceptAll)
+			if status != http.StatusOK || h.Get("Docker-Content-Digest") != want.String() {
+				t.Fatalf("%s %s: %d %q %s", method, p, status, h.Get("Docker-Content-Digest"), body)
+			}
+			if h.Get("Content-Length") == "" || h.Get("Content-Type") != string(types.DockerManifestSchema2) {
+				t.Errorf("%s %s: Content-Length %q Content-Type %q", method, p, h.Get("Content-Length"), h.Get("Content-Type"))
+			}
+		}
+	}
+	if n := up.requests("GET manifests"); n != 1 {
+		t.Errorf("upstream saw %d manifest GETs for one tag, want 1", n)
+	}
+	_, _, body := o.get(t, http.MethodGet, "/v2/_catalog")
+	if got := string(body); got != `{"repositories":["docker.io/library/alpine"]}` {
+		t.Errorf("catalog = %s", got)
+	}
+	pullAll(t, o.ref(t, "alpine:3"))
+	pullAll(t, o.ref(t, "docker.io/library/alpine@"+want.String()))
+	o.stop()
+	checkStore(t, o.root)
+}
+
+// A non-default upstream is reached by ns= or by a leading host component,
+// and names not under any upstream are refused.
+func TestSecondUpstreamByNsAndPrefix(t *testing.T) {
+	hub, ghcr := newUpstream(t), newUpstream(t)
+	d := ghcr.push("acme/tool", "v1", randomImage(t, 512, 1))
+	o := startOutpost(t, config(hub, "1h")+fmt.Sprintf(`
+  - name: ghcr.io
+    urls: [%s]
+    insecure: true
+`, ghcr.srv.URL), "")
+	for _, p := range []string{"/v2/ghcr.io/acme/tool/manifests/v1", "/v2/acme/tool/manifests/v1?ns=ghcr.io"} {
+		status, h, body := o.get(t, http.MethodGet, p)
+		if status != http.StatusOK || h.Get("Docker-Content-Digest") != d.String() {
+			t.Fatalf("GET %s: %d %s", p, status, body)
+		}
+	}
+	status, _, body := o.get(t, http.MethodGet, "/v2/acme/tool/manifests/v1?ns=quay.io")
+	if status != http.StatusNotFound || !bytes.Contains(body, []byte("NAME_UNKNOWN")) {
+		t.Errorf("unconfigured ns: %d %s", status, body)
+	}
+	if n := hub.requests("GET manifests"); n != 0 {
+		t.Errorf("docker.io upstream saw %d manifest GETs", n)
+	}
+}
+
+// An index pulled by tag is stored unchanged; its children and their blobs
+// come on demand, including a platform that is not this machine's.
+func TestMultiArchIndexAndForeignPlatform(t *testing.T) {
+	up := newUpstream(t)
+	idx := multiArch(t)
+	want := up.push("library/alpine", "3", idx)
+	o := startOutpost(t, config(up, "1h"), "")
+
+	desc, err := remote.Get(o.ref(t, "alpine:3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if desc.Digest != want || desc.MediaType != types.OCIImageIndex {
+		t.Fatalf("index digest %s (%s), want %s", desc.Digest, desc.MediaType, want)
+	}
+	manifest, _ := idx.IndexManifest()
+	for _, m := range manifest.Manifests {
+		if m.Platform.Architecture == "arm64" {
+			img, err := remote.Image(o.ref(t, "alpine@"+m.Digest.String()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pullAll(t, o.ref(t, "alpine@"+m.Digest.String()))
+			_ = cf
+		}
+	}
+	if n := up.requests("GET blobs"); n != 3 { // arm64 config + 2 layers; amd64 never asked
+		t.Errorf("upstream blob GETs = %d, want 3 (only the arm64 image)", n)
+	}
+	o.stop()
+	checkStore(t, o.root)
+}
+
+func TestRangeReads(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 100_000, 1)
+	up.push("acme/big", "1", img)
+	layer, _ := img.Layers()
+	d, _ := layer[0].Digest()
+	rc, _ := layer[0].Compressed()
+	blob, _ := io.ReadAll(rc)
+	o := startOutpost(t, config(up, "1h"), "")
+	path := "/v2/acme/big/blobs/" + d.String()
+
+	// Cold: a range on a blob not yet stored waits for the verified blob.
+	status, h, body := o.get(t, http.MethodGet, path, "Range", "bytes=10-19")
+	if status != http.StatusPartialContent || !bytes.Equal(body, blob[10:20]) ||
+		h.Get("Content-Range") != fmt.Sprintf("bytes 10-19/%d", len(blob)) {
+		t.Fatalf("cold range: %d %q %d bytes", status, h.Get("Content-Range"), len(body))
+	}
+	n := int64(len(blob))
+	cases := []struct {
+		rng    string
+		status int
+		want   []byte
+	}{
+		{"bytes=0-0", 206, blob[:1]},
+		{"bytes=100-", 206, blob[100:]},
+		{"bytes=-5", 206, blob[n-5:]},
+		{fmt.Sprintf("bytes=0-%d", n+100), 206, blob},
+		{fmt.Sprintf("bytes=%d-", n), 416, nil},
+		{"bytes=0-1,5-6", 200, blob}, // several ranges: whole blob
+		{"", 200, blob},
+	}
+	for _, c := range cases {
+		status, h, body := o.get(t, http.MethodGet, path, "Range", c.rng)
+		if status != c.status || (c.want != nil && !bytes.Equal(body, c.want)) {
+			t.Errorf("Range %q: status %d, %d bytes (%q)", c.rng, status, len(body), h.Get("Content-Range"))
+		}
+	}
+	status, h, _ = o.get(t, http.MethodHead, path)
+	if status != 200 || h.Get("Content-Length") != fmt.Sprint(n) || h.Get("Docker-Content-Digest") != d.String() {
+		t.Errorf("HEAD blob: %d %v", status, h)
+	}
+	if got := up.requests("GET blobs"); got != 1 {
+		t.Errorf("upstream blob GETs = %d, want 1", got)
+	}
+}
+
+// 32 clients asking for one cold blob at once cause one upstream GET, and
+// every one of them receives the right bytes.
+func TestConcurrentColdBlobOneUpstreamFetch(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 2<<20, 1)
+	up.push("acme/big", "1", img)
+	layer, _ := img.Layers()
+	d, _ := layer[0].Digest()
+	up.setFault(faultSlow)
+	o := startOutpost(t, config(up, "1h"), "")
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(o.url("/v2/acme/big/blobs/" + d.String()))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			got, _, err := v1.SHA256(resp.Body)
+			if err != nil || got != d || resp.StatusCode != 200 {
+				errs <- fmt.Errorf("status %d, digest %s, err %v", resp.StatusCode, got, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := up.requests("GET blobs"); n != 1 {
+		t.Errorf("upstream blob GETs = %d, want 1", n)
+	}
+	o.stop()
+	checkStore(t, o.root)
+}
+
+// A blob whose upstream bytes do not match the digest is never served whole
+// and never stored; once upstream is fixed the right bytes come through.
+func TestCorruptUpstreamBlobNeverServedOrStored(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 300_000, 1)
+	up.push("acme/app", "1", img)
+	layer, _ := img.Layers()
+	d, _ := layer[0].Digest()
+	o := startOutpost(t, config(up, "1h"), "")
+	path := "/v2/acme/app/blobs/" + d.String()
+
+	up.setFault(faultCorrupt)
+	for i := 0; i < 3; i++ {
+		resp, err := http.Get(o.url(path))
+		if err != nil {
+			continue // cut before headers: fine
+		}
+		got, _, err := v1.SHA256(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode == 200 {
+			t.Fatalf("corrupt blob served complete (digest %s)", got)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if blobFileExists(o.root, d) {
+		t.Fatal("corrupt blob was stored")
+	}
+	up.setFault(faultNone)
+	_, _, body := o.get(t, http.MethodGet, path)
+	if got, _, _ := v1.SHA256(bytes.NewReader(body)); got != d {
+		t.Fatalf("after fix: digest %s, want %s", got, d)
+	}
+	o.stop()
+	checkStore(t, o.root)
+}
+
+// Errors are OCI error JSON with the spec's codes and statuses; bad names
+// never reach the disk.
+func TestErrors(t *testing.T) {
+	up := newUpstream(t)
+	up.push("library/alpine", "3", randomImage(t, 100, 1))
+	o := startOutpost(t, config(up, "1h"), "")
+	missing := "sha256:" + fmt.Sprintf("%064x", 1)
+	cases := []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/v2/alpine/manifests/nope", 404, "MANIFEST_UNKNOWN"},
+		{"GET", "/v2/alpine/manifests/" + missing, 404, "MANIFEST_UNKNOWN"},
+		{"GET", "/v2/alpine/blobs/" + missing, 404, "BLOB_UNKNOWN"},
+		{"GET", "/v2/alpine/blobs/sha256:abc", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/alpine/manifests/sha256:xyz", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/Alpine/manifests/3", 400, "NAME_INVALID"},
+		{"GET", "/v2/library/../etc/manifests/3", 400, "NAME_INVALID"}, // as sent, not normalized
+		{"GET", "/v2/library/..%2f..%2fetc/manifests/3", 400, "NAME_INVALID"},
+		{"GET", "/v2/" + string(bytes.Repeat([]byte("a/"), 200)) + "x/manifests/3", 400, "NAME_INVALID"},
+		{"GET", "/v2/nothere/tags/list", 404, "NAME_UNKNOWN"},
+		{"PUT", "/v2/alpine/manifests/3", 405, "UNSUPPORTED"},
+		{"DELETE", "/v2/alpine/blobs/" + missing, 405, "UNSUPPORTED"},
+		{"POST", "/v2/alpine/blobs/uploads/", 405, "UNSUPPORTED"},
+	}
+	for _, c := range cases {
+		status, h, body := o.get(t, c.method, c.path)
+		var e struct {
+			Errors []struct{ Code string } `json:"errors"`
+		}
+		if err := json.Unmarshal(body, &e); err != nil || status != c.status || len(e.Errors) != 1 || e.Errors[0].Code != c.code {
+			t.Errorf("%s %s: %d %s, want %d %s", c.method, c.path, status, body, c.status, c.code)
+		}
+		if h.Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: Content-Type %q", c.method, c.path, h.Get("Content-Type"))
+		}
+	}
+	status, h, body := o.get(t, "GET", "/v2/")
+	if status != 200 || h.Get("Docker-Distribution-API-Version") != "registry/2.0" || string(body) != "{}" {
+		t.Errorf("GET /v2/: %d %v %s", status, h, body)
+	}
+}
+
+func TestTagsListPagination(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 100, 1)
+	for _, tag := range []string{"a", "b", "c", "d"} {
+		up.push("acme/app", tag, img)
+	}
+	o := startOutpost(t, config(up, "1h"), "")
+	for _, tag := range []string{"d", "b", "a", "c"} {
+		o.get(t, "GET", "/v2/acme/app/manifests/"+tag)
+	}
+	cases := map[string]string{
+		"":            `{"name":"acme/app","tags":["a","b","c","d"]}`,
+		"?n=2":        `{"name":"acme/app","tags":["a","b"]}`,
+		"?n=2&last=b": `{"name":"acme/app","tags":["c","d"]}`,
+		"?last=d":     `{"name":"acme/app","tags":[]}`,
+		"?n=0":        `{"name":"acme/app","tags":[]}`,
+	}
+	for q, want := range cases {
+		_, h, body := o.get(t, "GET", "/v2/acme/app/tags/list"+q)
+		if string(body) != want {
+			t.Errorf("tags%s = %s, want %s", q, body, want)
+		}
+		if q == "?n=2" && h.Get("Link") != `</v2/acme/app/tags/list?last=b&n=2>; rel="next"` {
+			t.Errorf("Link = %q", h.Get("Link"))
+		}
+	}
+}
