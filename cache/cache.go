@@ -34,6 +34,8 @@ type Upstream interface {
 	Head(ctx context.Context, repo, ref string) (v1.Descriptor, error)
 	// Blob opens a blob from offset; size is the total size, -1 if unknown.
 	Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error)
+	// Tags lists the repository's tags upstream.
+	Tags(ctx context.Context, repo string) ([]string, error)
 }
 
 // UpstreamOptions is one configured upstream.

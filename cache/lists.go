@@ -1,11 +1,14 @@
 package cache
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -29,20 +32,33 @@ func (c *Cache) catalog(ctx *fasthttp.RequestCtx) error {
 	}{page})
 }
 
-// tags lists the tags the cache holds for a repository.
+// tagsTimeout bounds asking upstream for its tag list; offline, the cached
+// tags are the answer.
+const tagsTimeout = 5 * time.Second
+
+// tags lists a repository's tags: upstream's merged with the cached ones
+// when upstream answers, the cached ones when it does not.
 func (c *Cache) tags(ctx *fasthttp.RequestCtx, r route) error {
 	tags, err := c.store.Tags(r.key)
 	if err != nil {
 		return err
 	}
-	if len(tags) == 0 {
-		repos, err := c.store.Repositories()
-		if err != nil {
-			return err
+	known := len(tags) > 0 || c.store.HasRepository(r.key)
+	if !r.up.Down() {
+		upCtx, cancel := context.WithTimeout(c.ctx, tagsTimeout)
+		remote, err := r.up.Tags(upCtx, r.repo)
+		cancel()
+		switch {
+		case err == nil:
+			tags, known = union(tags, remote), true
+		case !known:
+			return toRegError(err, transport.NameUnknownErrorCode)
+		default:
+			c.log.Warn("serving cached tag list", "repo", r.key, "err", err)
 		}
-		if i := sort.SearchStrings(repos, r.key); i == len(repos) || repos[i] != r.key {
-			return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "repository %q is not cached", r.name)
-		}
+	}
+	if !known {
+		return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "repository %q is not cached", r.name)
 	}
 	page, err := paginate(ctx, tags)
 	if err != nil {
@@ -52,6 +68,13 @@ func (c *Cache) tags(ctx *fasthttp.RequestCtx, r route) error {
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
 	}{r.name, page})
+}
+
+// union merges two tag lists into one sorted list without duplicates.
+func union(a, b []string) []string {
+	all := append(append([]string{}, a...), b...)
+	sort.Strings(all)
+	return slices.Compact(all)
 }
 
 // paginate applies the spec's n and last parameters to a sorted list and

@@ -142,3 +142,42 @@ func manifestMediaType(contentType string, b []byte) string {
 	}
 	return string(types.OCIManifestSchema1)
 }
+
+// maxTagPages bounds how many pages of a tag list are followed.
+const maxTagPages = 50
+
+// Tags lists a repository's tags upstream, following Link pagination.
+func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
+	var tags []string
+	query := "n=1000"
+	for page := 0; page < maxTagPages && query != ""; page++ {
+		resp, err := u.do(ctx, "tags", http.MethodGet, repo, "/tags/list?"+query, nil)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, responseError(u.opts.Name, "tags", resp)
+		}
+		var list struct {
+			Tags []string `json:"tags"`
+		}
+		err = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list)
+		resp.Body.Close()
+		if err != nil {
+			return nil, &Error{Upstream: u.opts.Name, Op: "tags", Err: err}
+		}
+		tags = append(tags, list.Tags...)
+		query = nextQuery(resp.Header.Get("Link"))
+	}
+	return tags, nil
+}
+
+// nextQuery extracts the query of a `<url>; rel="next"` Link header.
+func nextQuery(link string) string {
+	target, _, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(link), "<"), ">")
+	if !ok {
+		return ""
+	}
+	_, q, _ := strings.Cut(target, "?")
+	return q
+}

@@ -301,3 +301,13 @@ func (l badgerLogger) Infof(f string, a ...any) {
 	l.log.Debug(fmt.Sprintf(f, a...), "component", "badger")
 }
 func (l badgerLogger) Debugf(f string, a ...any) {}
+
+// HasRepository reports whether anything of repo is stored.
+func (s *Store) HasRepository(repo string) bool {
+	found := false
+	s.db.View(func(txn *badger.Txn) error {
+		found = exists(txn, repoKey(repo))
+		return nil
+	})
+	return found
+}

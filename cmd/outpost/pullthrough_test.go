@@ -295,7 +295,7 @@ func TestTagsListPagination(t *testing.T) {
 		up.push("acme/app", tag, img)
 	}
 	o := startOutpost(t, config(up, "1h"), "")
-	for _, tag := range []string{"d", "b", "a", "c"} {
+	for _, tag := range []string{"d", "b", "a"} { // c is never pulled
 		o.get(t, "GET", "/v2/acme/app/manifests/"+tag)
 	}
 	cases := map[string]string{
@@ -314,4 +314,43 @@ func TestTagsListPagination(t *testing.T) {
 			t.Errorf("Link = %q", h.Get("Link"))
 		}
 	}
+	// Offline, the list is what the cache holds.
+	up.srv.Close()
+	status, _, body := o.get(t, "GET", "/v2/acme/app/tags/list")
+	if status != 200 || string(body) != `{"name":"acme/app","tags":["a","b","d"]}` {
+		t.Errorf("offline tags: %d %s", status, body)
+	}
+}
+
+// A client that leaves does not abort a download: the blob is still stored.
+func TestClientDisconnectKeepsDownload(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 1<<20, 1)
+	up.push("acme/app", "1", img)
+	layer, _ := img.Layers()
+	d, _ := layer[0].Digest()
+	up.setFault(faultSlow)
+	o := startOutpost(t, config(up, "1h"), "")
+
+	resp, err := http.Get(o.url("/v2/acme/app/blobs/" + d.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(resp.Body, make([]byte, 1000))
+	resp.Body.Close() // leave mid-stream
+
+	deadline := time.Now().Add(10 * time.Second)
+	for !blobFileExists(o.root, d) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !blobFileExists(o.root, d) {
+		t.Fatal("download was not completed after the client left")
+	}
+	up.setFault(faultNone)
+	_, _, body := o.get(t, http.MethodGet, "/v2/acme/app/blobs/"+d.String())
+	if got, _, _ := v1.SHA256(bytes.NewReader(body)); got != d || up.requests("GET blobs") != 1 {
+		t.Errorf("second client: digest %s, upstream GETs %d", got, up.requests("GET blobs"))
+	}
+	o.stop()
+	checkStore(t, o.root)
 }
