@@ -33,6 +33,7 @@ type upstreamError interface {
 	Unavailable() bool
 	TooManyRequests() bool
 	BadContent() bool
+	Denied() bool
 }
 
 // toRegError is the single mapping from an error to what the client sees.
@@ -57,6 +58,8 @@ func toRegError(err error, notFound transport.ErrorCode) *regError {
 			return newError(http.StatusBadGateway, transport.UnknownErrorCode, "upstream sent content that does not match its digest")
 		case ue.TooManyRequests():
 			return newError(http.StatusTooManyRequests, transport.TooManyRequestsErrorCode, "upstream rate limit reached")
+		case ue.Denied():
+			return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "upstream denied access: the repository does not exist or needs credentials")
 		case ue.Unavailable():
 			return newError(http.StatusServiceUnavailable, codeUnavailable, "upstream unavailable and not in cache")
 		}

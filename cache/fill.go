@@ -64,6 +64,13 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 			"upstream %s is down and blob %s is not cached", r.up.Name(), d)
 	}
 	f := c.joinFill(r, d)
+	if f == nil { // stored since we looked
+		blob, n, err := c.store.Blob(d)
+		if err != nil {
+			return err
+		}
+		return serveFile(ctx, d, blob, n)
+	}
 	<-f.ready
 	f.mu.Lock()
 	err, size := f.err, f.size
@@ -101,12 +108,17 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 	return nil
 }
 
-// joinFill returns the fill for d, starting it if none runs.
+// joinFill returns the fill for d, starting it if none runs, or nil if the
+// blob was stored meanwhile. Fills leave the map only after their commit,
+// so looking at the store under the lock rules out a second download.
 func (c *Cache) joinFill(r route, d v1.Hash) *fill {
 	c.fillsMu.Lock()
 	defer c.fillsMu.Unlock()
 	if f := c.fills[d.String()]; f != nil {
 		return f
+	}
+	if c.store.HasBlob(d) {
+		return nil
 	}
 	f := &fill{digest: d, ready: make(chan struct{}), size: -1, refs: 1}
 	f.cond = sync.NewCond(&f.mu)

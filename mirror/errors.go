@@ -35,8 +35,13 @@ func (e *Error) NotFound() bool { return e.Status == http.StatusNotFound }
 // Unavailable means no usable answer: no connection, a timeout, a 5xx or a
 // 429. Cached content may be served instead.
 func (e *Error) Unavailable() bool {
-	return !e.Mismatch && (e.Status == 0 || e.Status >= 500 || e.Status == http.StatusTooManyRequests ||
-		e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden)
+	return !e.Mismatch && (e.Status == 0 || e.Status >= 500 || e.Status == http.StatusTooManyRequests)
+}
+
+// Denied means upstream refused access: wrong credentials, or (Docker Hub)
+// a repository that does not exist.
+func (e *Error) Denied() bool {
+	return e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden
 }
 
 // TooManyRequests means upstream rate-limited us.

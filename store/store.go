@@ -311,3 +311,9 @@ func (s *Store) HasRepository(repo string) bool {
 	})
 	return found
 }
+
+// HasBlob reports whether content d is stored.
+func (s *Store) HasBlob(d v1.Hash) bool {
+	_, err := os.Stat(s.blobPath(d))
+	return err == nil
+}
