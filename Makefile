@@ -8,7 +8,7 @@ ARCH      ?= $(shell $(GO) env GOARCH)
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: build binary run test test-unit test-e2e bench lint tools
+.PHONY: build binary run test test-e2e bench
 
 build: bin/outpost
 
@@ -25,6 +25,10 @@ run: build
 test: build
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+
+# Only the end-to-end suite with real clients (needs scripts/install-test-deps.sh, as root).
+test-e2e: build
+	$(GO) test -count=1 -timeout 10m ./test/e2e/
 
 bench: build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench

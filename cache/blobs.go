@@ -17,7 +17,7 @@ func (c *Cache) blob(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 	d, _ := v1.NewHash(r.ref) // validated by the route
 	f, size, err := c.store.Blob(d)
 	if err == nil {
-		return outcomeHit, serveFile(ctx, d, f, size)
+		return outcomeHit, c.serveFile(ctx, d, f, size)
 	}
 	if !errors.Is(err, store.ErrNotFound) {
 		return outcomeNone, err
@@ -27,7 +27,7 @@ func (c *Cache) blob(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 
 // serveFile serves a stored blob, whole or one byte range, with sendfile
 // (fasthttp hands an *os.File body to the kernel).
-func serveFile(ctx *fasthttp.RequestCtx, d v1.Hash, f *os.File, size int64) error {
+func (c *Cache) serveFile(ctx *fasthttp.RequestCtx, d v1.Hash, f *os.File, size int64) error {
 	setBlobHeaders(ctx, d)
 	start, n, partial, ok := parseRange(ctx.Request.Header.Peek("Range"), size)
 	if !ok {
@@ -50,6 +50,7 @@ func serveFile(ctx *fasthttp.RequestCtx, d v1.Hash, f *os.File, size int64) erro
 		return nil
 	}
 	ctx.SetBodyStream(f, int(n))
+	c.metrics.servedBytes.WithLabelValues("store").Add(float64(n))
 	return nil
 }
 

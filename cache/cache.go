@@ -11,12 +11,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/outpost-oci/outpost/store"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/singleflight"
 )
@@ -51,6 +54,8 @@ type Options struct {
 	Upstreams []UpstreamOptions
 	Logger    *slog.Logger
 	Now       func() time.Time
+	// Registerer receives the cache's Prometheus collectors; nil: none.
+	Registerer prometheus.Registerer
 }
 
 type upstream struct {
@@ -61,11 +66,11 @@ type upstream struct {
 // Cache serves the OCI distribution API from the store, filling it from
 // upstreams.
 type Cache struct {
-	store           *store.Store
-	upstreams       map[string]*upstream
-	defaultUpstream *upstream
-	log             *slog.Logger
-	now             func() time.Time
+	store     *store.Store
+	upstreams atomic.Pointer[upstreamTable] // replaced whole on reload
+	log       *slog.Logger
+	now       func() time.Time
+	metrics   *metrics
 
 	// ctx outlives requests: fills run on it so a client leaving does not
 	// abort a download others wait for; Close cancels it.
@@ -90,20 +95,42 @@ func New(opts Options) (*Cache, error) {
 		opts.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Cache{store: opts.Store, upstreams: map[string]*upstream{}, log: opts.Logger, now: opts.Now,
-		ctx: ctx, cancel: cancel, fills: map[string]*fill{}}
-	for _, o := range opts.Upstreams {
-		u := &upstream{Upstream: o.Upstream, tagTTL: o.TagTTL}
-		name := canonicalHost(u.Name())
-		if c.upstreams[name] != nil {
-			return nil, fmt.Errorf("cache: upstream %s configured twice", name)
-		}
-		c.upstreams[name] = u
-		if o.Default {
-			c.defaultUpstream = u
-		}
+	c := &Cache{store: opts.Store, log: opts.Logger, now: opts.Now,
+		metrics: newMetrics(opts.Registerer), ctx: ctx, cancel: cancel, fills: map[string]*fill{}}
+	if err := c.SetUpstreams(opts.Upstreams); err != nil {
+		cancel()
+		return nil, err
 	}
 	return c, nil
+}
+
+// upstreamTable maps canonical registry names to upstreams.
+type upstreamTable struct {
+	byName      map[string]*upstream
+	defaultName string
+}
+
+func (t *upstreamTable) lookup(host string) *upstream { return t.byName[canonicalHost(host)] }
+
+func (t *upstreamTable) fallback() *upstream { return t.byName[t.defaultName] }
+
+// SetUpstreams replaces the upstreams at once (a config reload). Requests
+// already routed finish with the upstream they started with.
+func (c *Cache) SetUpstreams(ups []UpstreamOptions) error {
+	t := &upstreamTable{byName: map[string]*upstream{}}
+	for _, o := range ups {
+		u := &upstream{Upstream: o.Upstream, tagTTL: o.TagTTL}
+		name := canonicalHost(u.Name())
+		if t.byName[name] != nil {
+			return fmt.Errorf("cache: upstream %s configured twice", name)
+		}
+		t.byName[name] = u
+		if o.Default {
+			t.defaultName = name
+		}
+	}
+	c.upstreams.Store(t)
+	return nil
 }
 
 // Close stops fills in flight (their partial data is discarded) and waits
@@ -161,7 +188,7 @@ const (
 func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
-	out, err := c.handle(ctx)
+	k, out, err := c.handle(ctx)
 	if err != nil {
 		re := toRegError(err, transport.UnknownErrorCode)
 		if re.Status >= 500 {
@@ -172,18 +199,30 @@ func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
 		ctx.SetContentType("application/json")
 		ctx.SetBody(re.body())
 	}
+	took := time.Since(start)
+	route, status := routeNames[k], ctx.Response.StatusCode()
+	c.metrics.requests.WithLabelValues(route, string(ctx.Method()), strconv.Itoa(status)).Inc()
+	c.metrics.duration.WithLabelValues(route).Observe(took.Seconds())
+	if out != outcomeNone && (k == kindManifest || k == kindBlob) {
+		c.metrics.results.WithLabelValues(route, string(out)).Inc()
+	}
 	c.log.Info("request", "id", ctx.ID(), "method", string(ctx.Method()), "path", string(ctx.Path()),
-		"status", ctx.Response.StatusCode(), "cache", string(out), "remote", ctx.RemoteIP().String(),
-		"duration", time.Since(start).Round(time.Microsecond))
+		"status", status, "cache", string(out), "remote", ctx.RemoteIP().String(),
+		"duration", took.Round(time.Microsecond))
 }
 
-func (c *Cache) handle(ctx *fasthttp.RequestCtx) (outcome, error) {
+func (c *Cache) handle(ctx *fasthttp.RequestCtx) (kind, outcome, error) {
 	// The path as sent, not fasthttp's decoded and normalized one: a name
 	// with %2f or .. in it is invalid, not something to reinterpret.
 	r, err := c.parseRoute(string(ctx.Request.URI().PathOriginal()), string(ctx.QueryArgs().Peek("ns")))
 	if err != nil {
-		return outcomeNone, err
+		return kindUnknown, outcomeNone, err
 	}
+	out, err := c.serve(ctx, r)
+	return r.kind, out, err
+}
+
+func (c *Cache) serve(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 	if !ctx.IsGet() && !ctx.IsHead() || r.kind == kindUpload {
 		return outcomeNone, newError(http.StatusMethodNotAllowed, transport.UnsupportedErrorCode,
 			"this Outpost is a read-only cache: %s is not supported here", ctx.Method())

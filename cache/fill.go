@@ -69,7 +69,7 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 		if err != nil {
 			return err
 		}
-		return serveFile(ctx, d, blob, n)
+		return c.serveFile(ctx, d, blob, n)
 	}
 	<-f.ready
 	f.mu.Lock()
@@ -94,7 +94,7 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 		if err != nil {
 			return err
 		}
-		return serveFile(ctx, d, blob, n)
+		return c.serveFile(ctx, d, blob, n)
 	}
 	rd := f.reader()
 	if rd == nil { // finished between our look-up and now: it is stored
@@ -102,9 +102,10 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 		if err != nil {
 			return toRegError(f.wait(), transport.BlobUnknownErrorCode)
 		}
-		return serveFile(ctx, d, blob, n)
+		return c.serveFile(ctx, d, blob, n)
 	}
 	ctx.SetBodyStream(rd, int(size))
+	c.metrics.servedBytes.WithLabelValues("fill").Add(float64(size))
 	return nil
 }
 
@@ -115,6 +116,7 @@ func (c *Cache) joinFill(r route, d v1.Hash) *fill {
 	c.fillsMu.Lock()
 	defer c.fillsMu.Unlock()
 	if f := c.fills[d.String()]; f != nil {
+		c.metrics.fillWaiters.Inc()
 		return f
 	}
 	if c.store.HasBlob(d) {
@@ -124,12 +126,14 @@ func (c *Cache) joinFill(r route, d v1.Hash) *fill {
 	f.cond = sync.NewCond(&f.mu)
 	c.fills[d.String()] = f
 	c.work.Add(1)
+	c.metrics.fillsInFlight.Inc()
 	go c.runFill(f, r)
 	return f
 }
 
 func (c *Cache) runFill(f *fill, r route) {
 	defer c.work.Done()
+	defer c.metrics.fillsInFlight.Dec()
 	err := c.download(f, r)
 	if err != nil {
 		c.log.Warn("blob fill failed", "repo", r.key, "digest", f.digest, "err", err)

@@ -44,6 +44,8 @@ func (c *Cache) manifest(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 	if ctx.IsHead() {
 		ctx.Response.SkipBody = true
 		ctx.Response.Header.SetContentLength(len(m.Bytes))
+	} else {
+		c.metrics.servedBytes.WithLabelValues("store").Add(float64(len(m.Bytes)))
 	}
 	return out, nil
 }
@@ -52,18 +54,24 @@ func mapManifestErr(err error) error {
 	return toRegError(err, transport.ManifestUnknownErrorCode)
 }
 
-// manifestByDigest makes sure the manifest is stored: by digest it is
-// immutable, so once stored upstream is never asked again.
+// manifestByDigest makes sure the manifest is stored and belongs to the
+// repository: by digest it is immutable, so once linked upstream is never
+// asked again. Content stored for another repository is confirmed with
+// upstream first (a registry answers 404 for a digest that is not in the
+// repository), unless upstream is unreachable.
 func (c *Cache) manifestByDigest(r route, d v1.Hash) (outcome, error) {
-	if _, err := c.store.Manifest(d); err == nil {
+	if c.store.Linked(r.key, d) {
 		return outcomeHit, nil
 	}
 	_, err, _ := c.manifests.Do(r.key+"@"+d.String(), func() (any, error) {
-		if _, err := c.store.Manifest(d); err == nil {
+		if c.store.Linked(r.key, d) {
 			return d, nil
 		}
 		return c.fetchManifest(r, d.String(), "")
 	})
+	if err != nil && (isUnavailable(err) || r.up.Down()) && c.store.HasBlob(d) {
+		return outcomeStale, nil
+	}
 	return outcomeMiss, err
 }
 
@@ -141,8 +149,12 @@ func isUnavailable(err error) bool {
 // is set, in one session.
 func (c *Cache) fetchManifest(r route, ref, tag string) (v1.Hash, error) {
 	if r.up.Down() {
+		sep := ":"
+		if strings.Contains(ref, ":") {
+			sep = "@"
+		}
 		return v1.Hash{}, newError(http.StatusServiceUnavailable, codeUnavailable,
-			"upstream %s is down and %s:%s is not cached", r.up.Name(), r.key, ref)
+			"upstream %s is down and %s%s%s is not cached", r.up.Name(), r.key, sep, ref)
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, manifestFetchTimeout)
 	defer cancel()

@@ -11,7 +11,8 @@ import (
 type kind int
 
 const (
-	kindBase kind = iota
+	kindUnknown kind = iota
+	kindBase
 	kindCatalog
 	kindManifest
 	kindBlob
@@ -91,20 +92,21 @@ func (c *Cache) parseRoute(path, ns string) (route, error) {
 // equal to it), then a leading component naming a configured upstream, then
 // the default upstream.
 func (c *Cache) resolveName(r *route, parts []string, ns string) error {
+	table := c.upstreams.Load()
 	first := canonicalHost(parts[0])
 	switch {
 	case ns != "":
-		r.up = c.upstreams[canonicalHost(ns)]
+		r.up = table.lookup(ns)
 		if r.up == nil {
 			return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "registry %q is not configured on this Outpost", ns)
 		}
 		if len(parts) > 1 && first == r.up.Name() {
 			parts = parts[1:]
 		}
-	case len(parts) > 1 && c.upstreams[first] != nil:
-		r.up, parts = c.upstreams[first], parts[1:]
+	case len(parts) > 1 && table.lookup(first) != nil:
+		r.up, parts = table.lookup(first), parts[1:]
 	default:
-		r.up = c.defaultUpstream
+		r.up = table.fallback()
 		if r.up == nil {
 			return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "%q names no configured registry and there is no default", r.name)
 		}

@@ -16,6 +16,7 @@ import (
 // Config is the whole configuration file.
 type Config struct {
 	HTTP      HTTP       `yaml:"http"`
+	Admin     Admin      `yaml:"admin"`
 	Storage   Storage    `yaml:"storage"`
 	Log       Log        `yaml:"log"`
 	Upstreams []Upstream `yaml:"upstreams"`
@@ -24,6 +25,11 @@ type Config struct {
 // HTTP configures the listener clients talk to.
 type HTTP struct {
 	Address string `yaml:"address"` // client listener, default ":5000"
+}
+
+// Admin configures the operator listener: /metrics, /healthz, /readyz.
+type Admin struct {
+	Address string `yaml:"address"` // e.g. "127.0.0.1:9500" (keep it on loopback); empty (the default) disables it
 }
 
 // Storage configures where cached content lives.

@@ -49,10 +49,16 @@ func (c *Config) Validate() error {
 	}
 
 	// Any host, or none (all interfaces), is fine; the port must be numeric.
-	if _, port, err := net.SplitHostPort(c.HTTP.Address); err != nil {
-		bad("http.address", "%q is not host:port (like :5000 or 127.0.0.1:5000)", c.HTTP.Address)
-	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		bad("http.address", "%q has port %q, want a number 0-65535", c.HTTP.Address, port)
+	checkAddress := func(path, addr string) {
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			bad(path, "%q is not host:port (like :5000 or 127.0.0.1:5000)", addr)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			bad(path, "%q has port %q, want a number 0-65535", addr, port)
+		}
+	}
+	checkAddress("http.address", c.HTTP.Address)
+	if c.Admin.Address != "" { // empty: no admin listener
+		checkAddress("admin.address", c.Admin.Address)
 	}
 	if c.Storage.Root == "" {
 		bad("storage.root", "must not be empty")

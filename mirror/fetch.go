@@ -33,7 +33,7 @@ func (u *Upstream) Manifest(ctx context.Context, repo, ref string) ([]byte, v1.D
 		return nil, v1.Descriptor{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, v1.Descriptor{}, responseError(u.opts.Name, "manifest", resp)
+		return nil, v1.Descriptor{}, u.responseError("manifest", resp)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
@@ -49,9 +49,10 @@ func (u *Upstream) Manifest(ctx context.Context, repo, ref string) ([]byte, v1.D
 	if !isDigest {
 		want, _ = v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
 	}
+	u.opts.Metrics.fetchedBytes.WithLabelValues(u.opts.Name).Add(float64(len(b)))
 	if want.Algorithm == "sha256" && want != got {
-		return nil, v1.Descriptor{}, &Error{Upstream: u.opts.Name, Op: "manifest", Mismatch: true,
-			Err: fmt.Errorf("%s@%s: content hashes to %s", repo, want, got)}
+		return nil, v1.Descriptor{}, u.failed(&Error{Upstream: u.opts.Name, Op: "manifest", Mismatch: true,
+			Err: fmt.Errorf("%s@%s: content hashes to %s", repo, want, got)})
 	}
 	mt := manifestMediaType(resp.Header.Get("Content-Type"), b)
 	return b, v1.Descriptor{MediaType: types.MediaType(mt), Size: size, Digest: got}, nil
@@ -67,7 +68,7 @@ func (u *Upstream) Head(ctx context.Context, repo, ref string) (v1.Descriptor, e
 		return v1.Descriptor{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return v1.Descriptor{}, responseError(u.opts.Name, "head", resp)
+		return v1.Descriptor{}, u.responseError("head", resp)
 	}
 	resp.Body.Close()
 	d, _ := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
@@ -93,11 +94,11 @@ func (u *Upstream) Blob(ctx context.Context, repo string, d v1.Hash, offset int6
 				return nil, 0, &Error{Upstream: u.opts.Name, Op: "blob", Err: err}
 			}
 		}
-		return resp.Body, resp.ContentLength, nil
+		return u.counted(resp.Body), resp.ContentLength, nil
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
-		return resp.Body, contentRangeTotal(resp.Header.Get("Content-Range")), nil
+		return u.counted(resp.Body), contentRangeTotal(resp.Header.Get("Content-Range")), nil
 	}
-	return nil, 0, responseError(u.opts.Name, "blob", resp)
+	return nil, 0, u.responseError("blob", resp)
 }
 
 // contentRangeTotal reads the total of "bytes a-b/total", or -1.
@@ -156,7 +157,7 @@ func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
 			return nil, err
 		}
 		if resp.StatusCode != http.StatusOK {
-			return nil, responseError(u.opts.Name, "tags", resp)
+			return nil, u.responseError("tags", resp)
 		}
 		var list struct {
 			Tags []string `json:"tags"`
@@ -180,4 +181,20 @@ func nextQuery(link string) string {
 	}
 	_, q, _ := strings.Cut(target, "?")
 	return q
+}
+
+// counted counts a blob body's bytes as fetched from upstream.
+func (u *Upstream) counted(body io.ReadCloser) io.ReadCloser {
+	return &countingBody{ReadCloser: body, counter: u.opts.Metrics.fetchedBytes.WithLabelValues(u.opts.Name)}
+}
+
+type countingBody struct {
+	io.ReadCloser
+	counter interface{ Add(float64) }
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.counter.Add(float64(n))
+	return n, err
 }

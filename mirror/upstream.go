@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -40,6 +41,7 @@ type Options struct {
 	ProbeInterval     time.Duration // how often a down upstream is probed, default 5s
 	UserAgent         string
 	Logger            *slog.Logger
+	Metrics           *Metrics // shared by all upstreams; nil: not exported
 }
 
 func (o *Options) setDefaults() {
@@ -63,6 +65,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
 	}
 	if o.UserAgent == "" {
 		o.UserAgent = "outpost"
@@ -130,6 +135,7 @@ func New(opts Options) (*Upstream, error) {
 		ErrorHandler: retryablehttp.PassthroughErrorHandler, // keep the last response and its OCI error body
 		Logger:       quietLogger{opts.Logger.With("upstream", opts.Name)},
 	}}
+	opts.Metrics.up.WithLabelValues(opts.Name).Set(1)
 	return u, nil
 }
 
@@ -235,11 +241,41 @@ func (u *Upstream) transport(ctx context.Context, i int, repo string) (http.Roun
 // for the caller to interpret, except 5xx/429 which move on to the next URL.
 func (u *Upstream) do(ctx context.Context, op, method, repo, path string, header http.Header) (*http.Response, error) {
 	if u.down.Load() {
-		return nil, &Error{Upstream: u.opts.Name, Op: op, Err: ErrDown}
+		return nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Err: ErrDown})
 	}
+	start := time.Now()
 	resp, err := u.tryEndpoints(ctx, op, method, repo, path, header)
+	u.opts.Metrics.latency.WithLabelValues(u.opts.Name, op).Observe(time.Since(start).Seconds())
 	u.record(ctx, err, resp)
-	return resp, err
+	if err != nil {
+		return nil, u.failed(err)
+	}
+	return resp, nil
+}
+
+// failed counts an error by its reason and returns it.
+func (u *Upstream) failed(err error) error {
+	reason, op := "unreachable", "unknown"
+	var ue *Error
+	if errors.As(err, &ue) {
+		op = ue.Op
+		switch {
+		case errors.Is(ue.Err, ErrDown):
+			reason = "down"
+		case ue.Mismatch:
+			reason = "mismatch"
+		case ue.Status != 0:
+			reason = strconv.Itoa(ue.Status)
+		}
+	}
+	u.opts.Metrics.errors.WithLabelValues(u.opts.Name, op, reason).Inc()
+	return err
+}
+
+// responseError turns a non-success response into a counted *Error,
+// keeping a bounded excerpt of the registry's error body.
+func (u *Upstream) responseError(op string, resp *http.Response) error {
+	return u.failed(responseError(u.opts.Name, op, resp))
 }
 
 func (u *Upstream) tryEndpoints(ctx context.Context, op, method, repo, path string, header http.Header) (*http.Response, error) {
@@ -297,6 +333,7 @@ func (u *Upstream) record(ctx context.Context, err error, resp *http.Response) {
 		return
 	}
 	if u.failures.Add(1) >= int32(u.opts.DownAfter) && u.down.CompareAndSwap(false, true) {
+		u.opts.Metrics.up.WithLabelValues(u.opts.Name).Set(0)
 		u.opts.Logger.Warn("upstream marked down; serving cached content without asking it", "upstream", u.opts.Name, "err", err)
 		u.probing.Add(1)
 		go u.probeUntilUp()
@@ -324,6 +361,7 @@ func (u *Upstream) probeUntilUp() {
 				u.preferred.Store(int32(i))
 				u.failures.Store(0)
 				u.down.Store(false)
+				u.opts.Metrics.up.WithLabelValues(u.opts.Name).Set(1)
 				u.opts.Logger.Info("upstream is back", "upstream", u.opts.Name, "url", ep.base.String())
 				return
 			}

@@ -247,8 +247,20 @@ func (ss *Session) Commit() error {
 			return fmt.Errorf("store: commit: %w", err)
 		}
 	}
+	var added, addedBytes int64
 	err := ss.s.db.Update(func(txn *badger.Txn) error {
+		added, addedBytes = 0, 0 // the closure may run again on a conflict
 		for key, v := range ss.meta {
+			switch m := v.(type) {
+			case blobMeta:
+				if !exists(txn, []byte(key)) {
+					added, addedBytes = added+1, addedBytes+m.Size
+				}
+			case manifestMeta:
+				if !exists(txn, []byte(key)) {
+					added, addedBytes = added+1, addedBytes+m.Size
+				}
+			}
 			if tm, ok := v.(tagMeta); ok {
 				// Invariant 3: the tag's manifest exists, staged here or stored before.
 				if _, staged := ss.meta[prefixManifest+tm.Digest]; !staged {
@@ -271,6 +283,8 @@ func (ss *Session) Commit() error {
 	if err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}
+	ss.s.stats.count.Add(added)
+	ss.s.stats.bytes.Add(addedBytes)
 	return nil
 }
 

@@ -34,6 +34,7 @@ type Store struct {
 	now  func() time.Time
 
 	access accessLog
+	stats  stats
 	stop   chan struct{}
 	wg     sync.WaitGroup
 }
@@ -65,6 +66,10 @@ func Open(root string, opts Options) (*Store, error) {
 	if err := s.sweep(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: cleaning up %s: %w", root, err)
+	}
+	if err := s.loadStats(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %w", err)
 	}
 	s.wg.Add(1)
 	go s.background()
@@ -316,4 +321,15 @@ func (s *Store) HasRepository(repo string) bool {
 func (s *Store) HasBlob(d v1.Hash) bool {
 	_, err := os.Stat(s.blobPath(d))
 	return err == nil
+}
+
+// Linked reports whether repo references content d: fetched through it,
+// or pushed to it.
+func (s *Store) Linked(repo string, d v1.Hash) bool {
+	found := false
+	s.db.View(func(txn *badger.Txn) error {
+		found = exists(txn, linkKey(repo, d.String()))
+		return nil
+	})
+	return found
 }

@@ -18,7 +18,7 @@ func TestServeRefusesBadConfig(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "config.yaml")
 			os.WriteFile(path, []byte(c.yaml), 0o600)
-			err := newApp().Run([]string{"outpost", "serve", "--config", path})
+			err := newCLI().Run([]string{"outpost", "serve", "--config", path})
 			if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v, want it to name %s and %q", err, path, c.want)
 			}

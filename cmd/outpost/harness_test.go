@@ -178,9 +178,11 @@ func (w *slowWriter) Write(p []byte) (int, error) {
 
 // outpost is a running Outpost (the real serve function) on loopback.
 type outpost struct {
-	addr string
-	root string
-	stop func()
+	addr  string
+	admin string // /metrics, /healthz, /readyz
+	root  string
+	app   *app
+	stop  func()
 }
 
 // startOutpost serves cfgYAML, where %ROOT% and %UP% stand for a temp
@@ -198,10 +200,22 @@ func startOutpost(t *testing.T, cfgYAML string, root string) *outpost {
 	if err != nil {
 		t.Fatal(err)
 	}
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := start(cfg, newLogger(cfg.Log))
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, ln) }()
-	o := &outpost{addr: ln.Addr().String(), root: root}
+	go func() {
+		err := a.run(ctx, ln, adminLn)
+		a.close()
+		done <- err
+	}()
+	o := &outpost{addr: ln.Addr().String(), admin: adminLn.Addr().String(), root: root, app: a}
 	var once sync.Once
 	o.stop = func() {
 		once.Do(func() {

@@ -82,6 +82,11 @@ func TestSecondUpstreamByNsAndPrefix(t *testing.T) {
 	if n := hub.requests("GET manifests"); n != 0 {
 		t.Errorf("docker.io upstream saw %d manifest GETs", n)
 	}
+	// The digest is cached, but docker.io's acme/tool does not have it.
+	status, _, body = o.get(t, http.MethodGet, "/v2/acme/tool/manifests/"+d.String())
+	if status != http.StatusNotFound || !bytes.Contains(body, []byte("MANIFEST_UNKNOWN")) {
+		t.Errorf("digest of another registry: %d %s", status, body)
+	}
 }
 
 // An index pulled by tag is stored unchanged; its children and their blobs

@@ -1,0 +1,49 @@
+package cache
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the front end's Prometheus collectors. Labels never carry a
+// repository, tag or digest: their number must stay bounded.
+type metrics struct {
+	requests      *prometheus.CounterVec   // route, method, code
+	duration      *prometheus.HistogramVec // route
+	results       *prometheus.CounterVec   // kind, result
+	servedBytes   *prometheus.CounterVec   // source
+	fillsInFlight prometheus.Gauge
+	fillWaiters   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_http_requests_total", Help: "Client requests by route, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "outpost_http_request_duration_seconds", Help: "Time to answer a client request (until the body starts).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_cache_results_total", Help: "Manifest and blob requests by how they were served: hit, miss, stale (upstream unreachable) or fill (streamed while downloading).",
+		}, []string{"kind", "result"}),
+		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_served_bytes_total", Help: "Bytes of blob and manifest bodies sent to clients, by source: store or fill.",
+		}, []string{"source"}),
+		fillsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_fills_in_flight", Help: "Blob downloads from upstream in progress.",
+		}),
+		fillWaiters: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outpost_fill_waiters_total", Help: "Client requests that joined a download already in progress instead of starting one.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.duration, m.results, m.servedBytes, m.fillsInFlight, m.fillWaiters)
+	}
+	return m
+}
+
+var routeNames = map[kind]string{
+	kindUnknown: "unknown", kindBase: "base", kindCatalog: "catalog", kindManifest: "manifest", kindBlob: "blob",
+	kindTags: "tags", kindReferrers: "referrers", kindUpload: "upload",
+}
