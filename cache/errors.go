@@ -23,9 +23,6 @@ func newError(status int, code transport.ErrorCode, format string, a ...any) *re
 	return &regError{Status: status, Code: code, Message: fmt.Sprintf(format, a...)}
 }
 
-// Codes the spec defines that ggcr has no constant for.
-const codeUnavailable transport.ErrorCode = "UNAVAILABLE"
-
 // upstreamError is how the cache reads errors from its upstreams without
 // importing them (mirror.Error implements it).
 type upstreamError interface {
@@ -61,7 +58,7 @@ func toRegError(err error, notFound transport.ErrorCode) *regError {
 		case ue.Denied():
 			return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "upstream denied access: the repository does not exist or needs credentials")
 		case ue.Unavailable():
-			return newError(http.StatusServiceUnavailable, codeUnavailable, "upstream unavailable and not in cache")
+			return notCachedOffline(notFound, "upstream unreachable")
 		}
 		return newError(http.StatusBadGateway, transport.UnknownErrorCode, "upstream error")
 	}
@@ -80,4 +77,12 @@ type errorEntry struct {
 func (e *regError) body() []byte {
 	b, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code, Message: e.Message}}})
 	return b
+}
+
+// notCachedOffline answers for content that is neither cached nor reachable
+// upstream. For the client it does not exist right now: the spec's 404 and
+// *_UNKNOWN code (which the conformance suite checks, and on which
+// containerd moves to its next host), with the reason in the message.
+func notCachedOffline(code transport.ErrorCode, format string, a ...any) *regError {
+	return newError(http.StatusNotFound, code, "not in the cache, and "+format+"; it can be pulled once the uplink is back", a...)
 }

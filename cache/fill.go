@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -35,6 +34,7 @@ type fill struct {
 	written  int64    // bytes in the part file
 	file     *os.File // read handle on the part file, shared by readers (ReadAt)
 	refs     int      // holders of file: the downloader and each reader
+	verified bool     // the digest check passed: the last byte may go out
 	finished bool
 	err      error
 }
@@ -60,8 +60,7 @@ func (f *fill) release() {
 // serveFill streams a blob that is not stored yet.
 func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 	if r.up.Down() {
-		return newError(http.StatusServiceUnavailable, codeUnavailable,
-			"upstream %s is down and blob %s is not cached", r.up.Name(), d)
+		return notCachedOffline(transport.BlobUnknownErrorCode, "upstream %s is down", r.up.Name())
 	}
 	f := c.joinFill(r, d)
 	if f == nil { // stored since we looked
@@ -213,7 +212,15 @@ func (c *Cache) download(f *fill, r route) error {
 			}
 		}
 	}
-	if err := w.Close(); err != nil { // verifies digest and size
+	if err := w.Verify(); err != nil {
+		w.Discard()
+		return err
+	}
+	f.mu.Lock()
+	f.verified = true // clients get their last byte now, not after the fsync
+	f.cond.Broadcast()
+	f.mu.Unlock()
+	if err := w.Close(); err != nil {
 		return err
 	}
 	sess.Link(r.key, f.digest)
@@ -270,10 +277,10 @@ func (t *tailReader) Read(p []byte) (int, error) {
 			return 0, f.err
 		}
 		limit = f.written
-		if !f.finished && limit >= f.size {
+		if !f.verified && limit >= f.size {
 			limit = f.size - 1 // the last byte waits for the digest check
 		}
-		if limit > t.off || (f.finished && t.off >= f.size) {
+		if limit > t.off || ((f.verified || f.finished) && t.off >= f.size) {
 			break
 		}
 		f.cond.Wait()

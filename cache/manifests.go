@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"errors"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -149,12 +148,7 @@ func isUnavailable(err error) bool {
 // is set, in one session.
 func (c *Cache) fetchManifest(r route, ref, tag string) (v1.Hash, error) {
 	if r.up.Down() {
-		sep := ":"
-		if strings.Contains(ref, ":") {
-			sep = "@"
-		}
-		return v1.Hash{}, newError(http.StatusServiceUnavailable, codeUnavailable,
-			"upstream %s is down and %s%s%s is not cached", r.up.Name(), r.key, sep, ref)
+		return v1.Hash{}, notCachedOffline(transport.ManifestUnknownErrorCode, "upstream %s is down", r.up.Name())
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, manifestFetchTimeout)
 	defer cancel()

@@ -84,7 +84,7 @@ type BlobWriter struct {
 	ss   *Session
 	f    *os.File
 	path string
-	h    hash.Hash
+	h    *asyncHash
 	want v1.Hash
 	size int64
 	n    int64
@@ -101,7 +101,7 @@ func (ss *Session) Blob(d v1.Hash, size int64) (*BlobWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	return &BlobWriter{ss: ss, f: f, path: path, h: h, want: d, size: size}, nil
+	return &BlobWriter{ss: ss, f: f, path: path, h: newAsyncHash(h), want: d, size: size}, nil
 }
 
 func hasher(d v1.Hash) (hash.Hash, error) {
@@ -127,10 +127,15 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Written is how many bytes have been written so far.
+func (w *BlobWriter) Written() int64 {
+	return w.n
+}
+
 // Close verifies and fsyncs the blob and hands it to the session for Commit.
 // On any error the part file is removed and nothing is staged.
 func (w *BlobWriter) Close() error {
-	err := w.verify()
+	err := w.Verify()
 	if err == nil {
 		err = w.f.Sync()
 	}
@@ -145,15 +150,19 @@ func (w *BlobWriter) Close() error {
 
 // Discard drops a blob that is not wanted after all.
 func (w *BlobWriter) Discard() {
+	w.h.Sum() // stops the hashing goroutine
 	w.f.Close()
 	os.Remove(w.path)
 }
 
-func (w *BlobWriter) verify() error {
+// Verify checks what was written against the digest and size. The cache
+// calls it before Close to release the last byte to waiting clients
+// without waiting for the fsync.
+func (w *BlobWriter) Verify() error {
 	if w.size >= 0 && w.n != w.size {
 		return fmt.Errorf("%w: %s: got %d bytes, want %d", ErrSizeMismatch, w.want, w.n, w.size)
 	}
-	got := fmt.Sprintf("%x", w.h.Sum(nil))
+	got := fmt.Sprintf("%x", w.h.Sum())
 	if got != w.want.Hex {
 		return fmt.Errorf("%w: want %s, content hashes to %s:%s", ErrDigestMismatch, w.want, w.want.Algorithm, got)
 	}

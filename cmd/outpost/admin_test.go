@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -73,6 +74,11 @@ func TestMetricsCountHitMissStale(t *testing.T) {
 	d, _ := layers[0].Digest()
 	up.setFault(faultNone)
 	o.get(t, http.MethodGet, "/v2/acme/app/blobs/"+d.String()) // fill
+	// The client has its bytes once they are verified; the fill then fsyncs
+	// and commits. Wait for that before asking again.
+	for i := 0; i < 100 && value(o.scrape(t), "outpost_fills_in_flight", nil) != 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 	o.get(t, http.MethodGet, "/v2/acme/app/blobs/"+d.String()) // hit
 
 	m := o.scrape(t)
