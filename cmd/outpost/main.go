@@ -12,12 +12,16 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/outpost-oci/outpost/configs"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
+
+// defaultMemoryLimit is the Go heap's soft limit unless GOMEMLIMIT is set.
+const defaultMemoryLimit = 48 << 20
 
 // Stamped by the Makefile through -ldflags.
 var (
@@ -71,6 +75,12 @@ func serveCommand(ctx context.Context, path string) error {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A soft heap limit keeps bursts (Badger flushing and compacting,
+		// many fills at once) from growing the process on a 1 GiB board;
+		// the GC simply works harder near it. GOMEMLIMIT overrides it.
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Address)
 	if err != nil {
