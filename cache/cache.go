@@ -208,7 +208,7 @@ func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
 	}
 	c.log.Info("request", "id", ctx.ID(), "method", string(ctx.Method()), "path", string(ctx.Path()),
 		"status", status, "cache", string(out), "remote", ctx.RemoteIP().String(),
-		"duration", took.Round(time.Microsecond))
+		"ms", float64(took.Microseconds())/1000)
 }
 
 func (c *Cache) handle(ctx *fasthttp.RequestCtx) (kind, outcome, error) {
