@@ -152,7 +152,9 @@ func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
 		})
 	}
 	a.ready.Store(true)
+	a.mu.Lock()
 	attrs := []any{"address", ln.Addr().String(), "storage", a.cfg.Storage.Root, "upstreams", len(a.upstreams), "version", version}
+	a.mu.Unlock()
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
 	}
