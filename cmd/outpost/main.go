@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/outpost-oci/outpost/configs"
+	"github.com/outpost-oci/outpost/service"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
@@ -46,9 +47,13 @@ func newCLI() *cli.App {
 				Usage: "serve the cache (on the embedded default config unless --config is given)",
 				Flags: []cli.Flag{&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE` (YAML)", EnvVars: []string{"OUTPOST_CONFIG"}}},
 				Action: func(c *cli.Context) error {
-					return serveCommand(c.Context, c.String("config"))
+					// Under systemd or launchd, a stop request cancels ctx.
+					return service.Run(c.Context, "outpost", func(ctx context.Context) error {
+						return serveCommand(ctx, c.String("config"))
+					})
 				},
 			},
+			serviceCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",
