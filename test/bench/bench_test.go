@@ -25,15 +25,19 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
+
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 func BenchmarkPullThroughCache(b *testing.B) {
 	if testing.Short() {
 		b.Skip("skipped in -short mode")
 	}
-	registryBin := registryBinary(b)
-	nginxBin := findTool(b, "nginx", "/usr/sbin/nginx")
-	root := moduleRoot(b)
+	registryBin := testenv.RequireRegistry(b)
+	nginxBin := testenv.RequireTool(b, "nginx")
+	root := testenv.ModuleRoot(b)
 	placeholder := os.Getenv("OUTPOST_BENCH_PLACEHOLDER") == "1"
 	hotDur := 2 * time.Second
 	if s := os.Getenv("OUTPOST_BENCH_DURATION"); s != "" {
@@ -67,31 +71,31 @@ func BenchmarkPullThroughCache(b *testing.B) {
 	}}
 
 	// Build Outpost before anything runs so compilation doesn't overlap the load.
-	var outpostBin string
 	if placeholder {
 		res.outpostDesc = "placeholder (distribution registry proxy)"
 	} else {
-		outpostBin = buildOutpost(b, root, dir)
+		testenv.Outpost(b)
 		res.outpostDesc = "outpost " + outpostVersion(root)
 	}
 
 	b.ResetTimer()
 	for range b.N { // -benchtime 1x: one full run
-		up := startUpstream(b, registryBin, dir)
-		c := buildCorpus(ctx, b, dir, up.url)
+		up := startUpstream(b, dir)
+		upURL := up.URL("")
+		c := buildCorpus(ctx, b, dir, upURL)
 		res.corpusBytes = c.totalBytes()
 		for _, im := range c.images {
 			res.corpusBlobs += len(im.blobs)
 		}
-		peer := startDistributionProxy(b, "peer", registryBin, dir, up.url)
-		var outpost *server
+		peer := startDistributionProxy(b, "peer", dir, upURL)
+		var outpost *testenv.Server
 		if placeholder {
-			outpost = startDistributionProxy(b, "placeholder", registryBin, dir, up.url)
+			outpost = startDistributionProxy(b, "placeholder", dir, upURL)
 		} else {
-			outpost = startOutpost(b, outpostBin, dir, up.url)
+			outpost = startOutpost(b, dir, upURL)
 		}
 		ngx := startNginx(b, nginxBin, dir, c.docroot)
-		servers := map[string]*server{colOutpost: outpost, colPeer: peer, colDirect: up, colNginx: ngx}
+		servers := map[string]*testenv.Server{colOutpost: outpost, colPeer: peer, colDirect: up, colNginx: ngx}
 		measure(ctx, b, res, c, servers)
 		res.elapsed = time.Since(res.start)
 		res.loadEnd = loadAvg()
@@ -101,13 +105,13 @@ func BenchmarkPullThroughCache(b *testing.B) {
 	fmt.Print(res.summary())
 	if os.Getenv("OUTPOST_BENCH_DOCS") != "0" {
 		p := filepath.Join(root, "docs", "benchmarks.md")
-		writeFile(b, p, res.markdown())
+		testenv.WriteFile(b, p, res.markdown())
 		fmt.Printf("\nwrote %s\n", p)
 	}
 }
 
 // measure runs every measurement in a fixed order and fills res.
-func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[string]*server) {
+func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[string]*testenv.Server) {
 	proxies := []string{colOutpost, colPeer}
 	var pullDigests []string
 	for _, im := range c.images {
@@ -127,17 +131,17 @@ func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[s
 	// proxy's cold pull is the only load on the machine while it runs.
 	cold, warm := map[string]float64{}, map[string]float64{}
 	coldGETs := map[string]float64{}
-	d, err := pull(ctx, s[colDirect].url, c.images)
+	d, err := pull(ctx, s[colDirect].URL(""), c.images)
 	cold[colDirect] = mustDur("cold pull direct", d, err)
-	d, err = pull(ctx, s[colDirect].url, c.images)
+	d, err = pull(ctx, s[colDirect].URL(""), c.images)
 	warm[colDirect] = mustDur("warm pull direct", d, err)
 	for _, p := range proxies {
 		before := settledBlobGETs(b, s[colDirect], pullDigests)
-		d, err := pull(ctx, s[p].url, c.images)
+		d, err := pull(ctx, s[p].URL(""), c.images)
 		cold[p] = mustDur("cold pull "+p, d, err)
 		after := settledBlobGETs(b, s[colDirect], pullDigests)
 		coldGETs[p] = float64(sum(after)-sum(before)) / float64(len(pullDigests))
-		d, err = pull(ctx, s[p].url, c.images)
+		d, err = pull(ctx, s[p].URL(""), c.images)
 		warm[p] = mustDur("warm pull "+p, d, err)
 	}
 
@@ -146,7 +150,7 @@ func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[s
 	fanDigest := []string{c.fanout.layers[0].digest}
 	for _, p := range proxies {
 		before := settledBlobGETs(b, s[colDirect], fanDigest)
-		if err := fanout(ctx, s[p].url, c.fanout); err != nil {
+		if err := fanout(ctx, s[p].URL(""), c.fanout); err != nil {
 			b.Fatalf("fan-out %s: %v", p, err)
 		}
 		after := settledBlobGETs(b, s[colDirect], fanDigest)
@@ -163,9 +167,9 @@ func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[s
 		hot[size] = map[string]float64{}
 		for round := 1; round <= res.rounds; round++ {
 			for _, col := range columns {
-				url := s[col].url + im.blobPath(bl.digest)
+				url := s[col].URL(im.blobPath(bl.digest))
 				if col == colNginx {
-					url = s[col].url + nginxBlobPath(bl.digest)
+					url = s[col].URL(nginxBlobPath(bl.digest))
 				}
 				t, err := hotBlob(ctx, url, size, res.hotDuration)
 				if err != nil {
@@ -191,11 +195,11 @@ func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[s
 				case col == colNginx && kind == "tag":
 					continue
 				case col == colNginx:
-					url = s[col].url + nginxManifestPath
+					url = s[col].URL(nginxManifestPath)
 				case kind == "digest":
-					url = s[col].url + im.manifestPath(im.manifestDigest)
+					url = s[col].URL(im.manifestPath(im.manifestDigest))
 				default:
-					url = s[col].url + im.manifestPath(im.tag)
+					url = s[col].URL(im.manifestPath(im.tag))
 				}
 				r, err := hotManifest(ctx, url, size, res.hotDuration)
 				if err != nil {
@@ -214,7 +218,7 @@ func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[s
 	// Peak memory of the cache servers (the upstream's includes the pushes).
 	rss := map[string]float64{}
 	for _, col := range []string{colOutpost, colPeer, colDirect} {
-		v, err := s[col].peakRSS()
+		v, err := peakRSS(s[col].Proc)
 		if err != nil {
 			b.Fatalf("peak RSS of %s: %v", col, err)
 		}

@@ -27,10 +27,6 @@ import (
 const (
 	kib = 1 << 10
 	mib = 1 << 20
-
-	// acceptManifests is what a real client (containerd, docker) sends.
-	acceptManifests = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, " +
-		"application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
 // imageSpec describes one corpus image: its repository, tag and layer sizes.

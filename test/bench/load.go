@@ -21,6 +21,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 const (
@@ -91,7 +93,7 @@ func pull(ctx context.Context, base string, images []image) (time.Duration, erro
 	defer closeClient(c)
 	t0 := time.Now()
 	for _, im := range images {
-		if err := getVerified(ctx, c, base+im.manifestPath(im.tag), acceptManifests, im.manifestDigest, int64(len(im.manifest))); err != nil {
+		if err := getVerified(ctx, c, base+im.manifestPath(im.tag), testenv.ManifestAccept, im.manifestDigest, int64(len(im.manifest))); err != nil {
 			return 0, err
 		}
 		g, gctx := errgroup.WithContext(ctx)
@@ -113,7 +115,7 @@ func pull(ctx context.Context, base string, images []image) (time.Duration, erro
 func fanout(ctx context.Context, base string, im image) error {
 	c := newClient()
 	defer closeClient(c)
-	if err := getVerified(ctx, c, base+im.manifestPath(im.tag), acceptManifests, im.manifestDigest, int64(len(im.manifest))); err != nil {
+	if err := getVerified(ctx, c, base+im.manifestPath(im.tag), testenv.ManifestAccept, im.manifestDigest, int64(len(im.manifest))); err != nil {
 		return err
 	}
 	b := im.layers[0]
@@ -269,7 +271,7 @@ func hotManifest(ctx context.Context, url string, size int64, dur time.Duration)
 			defer fasthttp.ReleaseRequest(req)
 			defer fasthttp.ReleaseResponse(resp)
 			req.SetRequestURI(url)
-			req.Header.Set("Accept", acceptManifests)
+			req.Header.Set("Accept", testenv.ManifestAccept)
 			lat := make([]time.Duration, 0, 4096)
 			for ctx.Err() == nil {
 				t := time.Now()

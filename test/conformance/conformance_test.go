@@ -8,11 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -20,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 const (
@@ -35,56 +32,27 @@ const (
 	repo1 = "conformance/test"
 	// repo2 is the suite's second repository (cross-repository mounts).
 	repo2 = "conformance/test2"
-
-	// manifestAccept is every manifest media type the suite generates.
-	manifestAccept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, " +
-		"application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
 )
 
 // noDelete turns off the suite's delete tests: a cache keeps what it
 // served, so "gone right after DELETE" cannot hold behind it.
 var noDelete = []string{"OCI_API_TAGS_DELETE=false", "OCI_API_MANIFESTS_DELETE=false", "OCI_API_BLOBS_DELETE=false"}
 
-// splitFront serves the registry API with reads (GET and HEAD, except upload
-// sessions) from reads and everything else from writes.
-func splitFront(t *testing.T, writes, reads string) string {
-	t.Helper()
-	w, err := url.Parse(writes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := url.Parse(reads)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
-		target := r
-		if (pr.In.Method != http.MethodGet && pr.In.Method != http.MethodHead) || strings.Contains(pr.In.URL.Path, "/blobs/uploads/") {
-			target = w
-		}
-		pr.SetURL(target)
-		pr.Out.Host = pr.In.Host // upload Locations the upstream makes point back here
-	}}
-	srv := httptest.NewServer(proxy)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
-
 // TestOCIConformancePull runs the distribution-spec conformance suite in its
 // read-only mode against content outpost caches from a seeded upstream,
 // first with the upstream up, then with it stopped; in between, the full
 // suite runs with its pulls served by outpost (see package doc).
 func TestOCIConformancePull(t *testing.T) {
-	bin := requireOutpost(t)
-	registry, ok := findTool("registry")
-	if !ok {
-		missing(t, "registry (distribution v3) not found on PATH or in GOPATH/bin (scripts/install-test-deps.sh installs it)")
-	}
+	// Build and find everything first: a missing piece skips (fails in CI)
+	// before any process starts.
+	testenv.Outpost(t)
+	testenv.RequireRegistry(t)
 	suite := requireSuite(t)
 	dir := t.TempDir()
 
 	// 1. upstream, seeded by the suite's own push workflow.
-	up, upAddr := startRegistry(t, registry, filepath.Join(dir, "upstream"))
+	up := testenv.StartRegistry(t, filepath.Join(dir, "upstream"), testenv.RegistryOptions{})
+	upAddr := up.Addr
 	seed := runSuite(t, suite, resultsDir(t, dir, "seed"), append([]string{"OCI_REGISTRY=" + upAddr}, noDelete...)...)
 	// The upstream's own conformance gaps (distribution v3 has no referrers
 	// API and no sha512) are not outpost's business; only what it stored
@@ -92,12 +60,12 @@ func TestOCIConformancePull(t *testing.T) {
 	t.Logf("seeding the upstream with the suite's push workflow: %s", seed.summary())
 
 	// 2. what the upstream holds.
-	content := enumerate(t, filepath.Join(dir, "upstream", "data"), upAddr)
+	content := enumerate(t, up.Data, upAddr)
 	t.Logf("upstream %s holds %d tags, %d manifests, %d blobs, %d referrer subjects",
 		repo1, len(content.tags), len(content.manifests), len(content.blobs), len(content.subjects))
 
 	// 3. outpost in front of it, warmed.
-	opAddr := startOutpost(t, bin, filepath.Join(dir, "outpost"), "http://"+upAddr, "5m")
+	opAddr := startOutpost(t, filepath.Join(dir, "outpost"), "http://"+upAddr, "5m")
 	warm(t, opAddr, content)
 
 	roEnv := []string{
@@ -116,7 +84,7 @@ func TestOCIConformancePull(t *testing.T) {
 	// 5. the full read-write suite through a split front: pulls go to a
 	// second outpost, pushes to the upstream behind it.
 	t.Run("split", func(t *testing.T) {
-		fresh := startOutpost(t, bin, filepath.Join(dir, "outpost-fresh"), "http://"+upAddr, "0s")
+		fresh := startOutpost(t, filepath.Join(dir, "outpost-fresh"), "http://"+upAddr, "0s")
 		front := splitFront(t, "http://"+upAddr, "http://"+fresh)
 		split := runSuite(t, suite, resultsDir(t, dir, "split"), append([]string{
 			"OCI_REGISTRY=" + front,
@@ -126,108 +94,13 @@ func TestOCIConformancePull(t *testing.T) {
 		split.checkAgainst(t, seed)
 	})
 
-	up.stop()
-	if err := pingV2(upAddr); err == nil {
+	up.Stop()
+	if err := testenv.PingV2(upAddr); err == nil {
 		t.Fatalf("upstream %s still answers after it was stopped", upAddr)
 	}
 	t.Run("offline", func(t *testing.T) {
 		runSuite(t, suite, resultsDir(t, dir, "offline"), roEnv...).check(t)
 	})
-}
-
-// requireSuite returns the conformance suite binary: $OUTPOST_CONFORMANCE_BIN,
-// or one built with `go install module@version` into a temporary GOBIN,
-// outside outpost's go.mod (the module comes from the module cache or the
-// Go module proxy).
-func requireSuite(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("OUTPOST_CONFORMANCE_BIN"); p != "" {
-		return p
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		missing(t, "go not on PATH: cannot build the conformance suite")
-	}
-	gobin := filepath.Join(binDir, "suite")
-	bin := filepath.Join(gobin, "conformance")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "OCI_") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, "GOBIN="+gobin, "GOFLAGS=", "GOWORK=off")
-	res := runCmd(5*time.Minute, t.TempDir(), env, goBin, "install", suiteModule+"@"+suiteVersion)
-	if res.Err != nil {
-		missing(t, "go install %s@%s: %v\n%s%s", suiteModule, suiteVersion, res.Err, res.Stdout, res.Stderr)
-	}
-	return bin
-}
-
-// startRegistry runs a CNCF distribution registry with its storage under dir.
-func startRegistry(t *testing.T, bin, dir string) (*proc, string) {
-	t.Helper()
-	addr := freeAddr(t)
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-`, filepath.Join(dir, "data"), addr)
-	cfgPath := filepath.Join(dir, "config.yml")
-	writeFile(t, cfgPath, cfg)
-	env := procEnv("OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none")
-	p := startProc(t, "upstream registry", filepath.Join(dir, "registry.log"), env, bin, "serve", cfgPath)
-	waitUntil(t, p, 15*time.Second, "registry /v2/", func() error { return pingV2(addr) })
-	return p, addr
-}
-
-// startOutpost runs outpost with upstreamURL as its default upstream.
-func startOutpost(t *testing.T, bin, dir, upstreamURL, tagTTL string) string {
-	t.Helper()
-	addr := freeAddr(t)
-	cfg := fmt.Sprintf(`http:
-  address: %s
-storage:
-  root: %s
-log:
-  level: warn
-upstreams:
-  - name: docker.io
-    urls: [%q]
-    insecure: true
-    default: true
-    tagTTL: %s
-`, addr, filepath.Join(dir, "data"), upstreamURL, tagTTL)
-	cfgPath := filepath.Join(dir, "outpost.yaml")
-	writeFile(t, cfgPath, cfg)
-	p := startProc(t, "outpost", filepath.Join(dir, "outpost.log"), procEnv(), bin, "serve", "--config", cfgPath)
-	waitUntil(t, p, 20*time.Second, "outpost /v2/", func() error { return pingV2(addr) })
-	return addr
-}
-
-// resultsDir is where a suite run writes results.yaml, junit.xml and
-// report.html: under $OUTPOST_CONFORMANCE_RESULTS when set (to keep them as
-// CI artifacts), else in the test's temporary directory.
-func resultsDir(t *testing.T, tmp, name string) string {
-	if d := os.Getenv("OUTPOST_CONFORMANCE_RESULTS"); d != "" {
-		abs, err := filepath.Abs(filepath.Join(d, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return abs
-	}
-	return filepath.Join(tmp, name)
 }
 
 // upstreamContent is what the seeded upstream holds in repo1, as the
@@ -268,7 +141,7 @@ func enumerate(t *testing.T, dataDir, upAddr string) upstreamContent {
 		if !ok {
 			continue // tags/<tag>/index/<algo>/<hex>/link: history
 		}
-		if resp, _, err := fetch("HEAD", base+"/manifests/"+tag, map[string]string{"Accept": manifestAccept}); err == nil && resp.StatusCode == 200 {
+		if resp, _, err := testenv.Fetch("HEAD", base+"/manifests/"+tag, map[string]string{"Accept": testenv.ManifestAccept}); err == nil && resp.StatusCode == 200 {
 			c.tags = append(c.tags, tag)
 		} else {
 			t.Logf("upstream does not serve tag %s (%v), left out", tag, statusOf(resp, err))
@@ -277,7 +150,7 @@ func enumerate(t *testing.T, dataDir, upAddr string) upstreamContent {
 	subjects := map[string]bool{}
 	for _, rel := range links(filepath.Join("_manifests", "revisions")) {
 		dig := strings.Replace(rel, "/", ":", 1)
-		resp, body, err := fetch("GET", base+"/manifests/"+dig, map[string]string{"Accept": manifestAccept})
+		resp, body, err := testenv.Fetch("GET", base+"/manifests/"+dig, map[string]string{"Accept": testenv.ManifestAccept})
 		if err != nil || resp.StatusCode != 200 {
 			t.Logf("upstream does not serve manifest %s (%v), left out", dig, statusOf(resp, err))
 			continue
@@ -294,7 +167,7 @@ func enumerate(t *testing.T, dataDir, upAddr string) upstreamContent {
 	}
 	for _, rel := range links("_layers") {
 		dig := strings.Replace(rel, "/", ":", 1)
-		if resp, _, err := fetch("HEAD", base+"/blobs/"+dig, nil); err == nil && resp.StatusCode == 200 {
+		if resp, _, err := testenv.Fetch("HEAD", base+"/blobs/"+dig, nil); err == nil && resp.StatusCode == 200 {
 			c.blobs = append(c.blobs, dig)
 		} else {
 			t.Logf("upstream does not serve blob %s (%v), left out", dig, statusOf(resp, err))
@@ -327,7 +200,7 @@ func warm(t *testing.T, opAddr string, c upstreamContent) {
 	t.Helper()
 	base := "http://" + opAddr + "/v2/" + repo1
 	get := func(what, path string, header map[string]string, wantDigest string) {
-		resp, body, err := fetch("GET", base+path, header)
+		resp, body, err := testenv.Fetch("GET", base+path, header)
 		switch {
 		case err != nil:
 			t.Errorf("warming the cache: GET %s (%s): %v", path, what, err)
@@ -339,10 +212,10 @@ func warm(t *testing.T, opAddr string, c upstreamContent) {
 	}
 	get("tag list", "/tags/list", nil, "")
 	for _, tag := range c.tags {
-		get("manifest by tag", "/manifests/"+tag, map[string]string{"Accept": manifestAccept}, "")
+		get("manifest by tag", "/manifests/"+tag, map[string]string{"Accept": testenv.ManifestAccept}, "")
 	}
 	for _, d := range c.manifests {
-		get("manifest by digest", "/manifests/"+d, map[string]string{"Accept": manifestAccept}, d)
+		get("manifest by digest", "/manifests/"+d, map[string]string{"Accept": testenv.ManifestAccept}, d)
 	}
 	for _, d := range c.blobs {
 		get("blob", "/blobs/"+d, nil, d)
@@ -364,7 +237,7 @@ func digestOf(like string, b []byte) string {
 
 // suiteRun is one finished run of the conformance binary.
 type suiteRun struct {
-	res     cmdResult
+	res     testenv.Result
 	result  string            // overall status: Pass, FAIL, …
 	cases   []suiteCase       // every node of the suite's result tree
 	outputs map[string]string // recorded requests/responses of failed tests, by name
@@ -390,16 +263,17 @@ type suiteCase struct {
 func runSuite(t *testing.T, suite, results string, env ...string) suiteRun {
 	t.Helper()
 	work := t.TempDir() // the suite reads ./oci-conformance.yaml if present
-	env = append(procEnv(
-		"OCI_VERSION=1.1",
-		"OCI_TLS=disabled",
-		"OCI_REPO1="+repo1,
-		"OCI_REPO2="+repo2,
-		"OCI_LOG=debug",
-		"OCI_RESULTS_DIR="+results,
-	), env...)
+	env = append(withoutOCI(testenv.Env()),
+		append([]string{
+			"OCI_VERSION=1.1",
+			"OCI_TLS=disabled",
+			"OCI_REPO1=" + repo1,
+			"OCI_REPO2=" + repo2,
+			"OCI_LOG=debug",
+			"OCI_RESULTS_DIR=" + results,
+		}, env...)...)
 	r := suiteRun{outputs: map[string]string{}}
-	r.res = runCmd(2*time.Minute, work, env, suite)
+	r.res = testenv.RunIn(work, 2*time.Minute, env, suite)
 	r.parseReport(string(r.res.Stdout))
 	r.parseLog(string(r.res.Stderr))
 	return r

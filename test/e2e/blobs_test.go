@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // TestBlobs covers Range reads, single-flight of concurrent cold fetches and
@@ -32,7 +34,7 @@ func TestBlobs(t *testing.T) {
 			{fmt.Sprintf("bytes=%d-%d", size/2, size/2+65535), size / 2, size/2 + 65535},
 		}
 		for _, r := range ranges {
-			resp, body, err := fetch("GET", url, map[string]string{"Range": r.header})
+			resp, body, err := testenv.Fetch("GET", url, map[string]string{"Range": r.header})
 			if err != nil {
 				t.Fatalf("GET Range %s: %v", r.header, err)
 			}
@@ -58,7 +60,7 @@ func TestBlobs(t *testing.T) {
 		errs := make(chan error, n)
 		for range n {
 			wg.Go(func() {
-				resp, body, err := fetch("GET", e.Mirror.URL(path), nil)
+				resp, body, err := testenv.Fetch("GET", e.Mirror.URL(path), nil)
 				switch {
 				case err != nil:
 					errs <- err
@@ -86,7 +88,7 @@ func TestBlobs(t *testing.T) {
 		}
 		e.Hub.Front.SetCorrupt(b.Digest, true)
 		for attempt := 1; attempt <= 2; attempt++ {
-			resp, body, err := fetch("GET", e.Mirror.URL(path), nil)
+			resp, body, err := testenv.Fetch("GET", e.Mirror.URL(path), nil)
 			if resp != nil {
 				t.Logf("attempt %d with a corrupt upstream: status %d, %d of %d bytes, err %v", attempt, resp.StatusCode, len(body), len(b.Data), err)
 			}
@@ -98,7 +100,7 @@ func TestBlobs(t *testing.T) {
 		if n := e.Hub.Front.Count("GET", path); n == 0 {
 			t.Fatalf("outpost never fetched %s from the upstream", path)
 		}
-		waitNotStored(t, e.Mirror.DataDir, b.hex(), bad)
+		waitNotStored(t, e.Mirror.Data, b.hex(), bad)
 
 		e.Hub.Front.SetCorrupt(b.Digest, false)
 		before := e.Hub.Front.Count("GET", path)

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // TestBadConfig checks that `outpost serve` refuses invalid configurations
@@ -15,12 +17,12 @@ import (
 func TestBadConfig(t *testing.T) {
 	bin := requireOutpost(t)
 	dir := t.TempDir()
-	valid := outpostConfig{
-		Addr:  freeAddr(t),
+	valid := testenv.OutpostConfig{
+		Addr:  testenv.FreeAddr(t),
 		Root:  filepath.Join(dir, "data"),
 		Level: "info",
-		Upstreams: []upstreamConfig{
-			{Name: "docker.io", URL: "http://" + deadPort, Default: true, TagTTL: "5m"},
+		Upstreams: []testenv.Upstream{
+			{Name: "docker.io", URL: "http://" + testenv.DeadAddr, Default: true, TagTTL: "5m"},
 		},
 	}.YAML()
 
@@ -41,8 +43,8 @@ func TestBadConfig(t *testing.T) {
 				t.Fatalf("test bug: %q not in config:\n%s", c.old, valid)
 			}
 			path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".yaml")
-			writeFile(t, path, strings.Replace(valid, c.old, c.new, 1))
-			res := runCmd(20*time.Second, clientEnv(), bin, "serve", "--config", path)
+			testenv.WriteFile(t, path, strings.Replace(valid, c.old, c.new, 1))
+			res := testenv.Run(20*time.Second, testenv.Env(), bin, "serve", "--config", path)
 			var exit *exec.ExitError
 			if !errors.As(res.Err, &exit) || exit.ExitCode() <= 0 {
 				t.Fatalf("outpost serve with a bad config: want a non-zero exit, got %s", res)
@@ -63,16 +65,16 @@ func TestBadConfig(t *testing.T) {
 func TestServeLifecycle(t *testing.T) {
 	requireOutpost(t)
 	dir := t.TempDir()
-	m := startOutpost(t, dir, outpostConfig{
-		Addr:  freeAddr(t),
+	m := testenv.StartOutpost(t, dir, testenv.OutpostConfig{
+		Addr:  testenv.FreeAddr(t),
 		Root:  filepath.Join(dir, "data"),
 		Level: "info",
-		Upstreams: []upstreamConfig{
-			{Name: "docker.io", URL: "http://" + deadPort, Default: true},
+		Upstreams: []testenv.Upstream{
+			{Name: "docker.io", URL: "http://" + testenv.DeadAddr, Default: true},
 		},
 	})
 	path := "/v2/library/alpine/manifests/3"
-	resp, body, err := fetch("GET", m.URL(path), map[string]string{"Accept": manifestAccept})
+	resp, body, err := testenv.Fetch("GET", m.URL(path), map[string]string{"Accept": testenv.ManifestAccept})
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
@@ -80,18 +82,18 @@ func TestServeLifecycle(t *testing.T) {
 		t.Errorf("GET %s of an uncached image with the upstream down: status %d, want an error status: %.200s", path, resp.StatusCode, body)
 	}
 
-	if err := m.Proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := m.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-m.Proc.done:
+	case <-m.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("outpost did not exit within 10s of SIGTERM")
 	}
-	if m.Proc.err != nil {
-		t.Errorf("outpost exit after SIGTERM: %v, want status 0", m.Proc.err)
+	if m.Err() != nil {
+		t.Errorf("outpost exit after SIGTERM: %v, want status 0", m.Err())
 	}
-	if err := pingV2(m.Addr); err == nil {
+	if err := testenv.PingV2(m.Addr); err == nil {
 		t.Errorf("%s still answers after outpost exited", m.Addr)
 	}
 }

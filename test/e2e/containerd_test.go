@@ -6,23 +6,25 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // containerd is a containerd daemon with its own root, state and socket.
 type containerd struct {
 	Sock string
-	Proc *proc
+	Proc *testenv.Proc
 	ctr  string
 }
 
 // startContainerd runs containerd with everything under dir.
 func startContainerd(t *testing.T, dir string) *containerd {
 	t.Helper()
-	bin := requireTool(t, "containerd")
-	ctr := requireTool(t, "ctr")
+	bin := testenv.RequireTool(t, "containerd")
+	ctr := testenv.RequireTool(t, "ctr")
 	sock := filepath.Join(dir, "containerd.sock")
 	cfg := filepath.Join(dir, "config.toml")
-	writeFile(t, cfg, fmt.Sprintf(`version = 2
+	testenv.WriteFile(t, cfg, fmt.Sprintf(`version = 2
 root = %[1]q
 state = %[2]q
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
@@ -36,10 +38,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.internal.v1.opt"]
   path = %[4]q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, filepath.Join(dir, "opt")))
-	p := startProc(t, "containerd "+filepath.Base(dir), filepath.Join(dir, "containerd.log"), clientEnv(), bin, "--config", cfg)
+	p := testenv.Start(t, "containerd "+filepath.Base(dir), filepath.Join(dir, "containerd.log"), testenv.Env(), bin, "--config", cfg)
 	c := &containerd{Sock: sock, Proc: p, ctr: ctr}
-	waitUntil(t, p, 30*time.Second, "containerd socket", func() error {
-		return runCmd(5*time.Second, clientEnv(), ctr, "--address", sock, "version").Err
+	testenv.WaitUntil(t, p, 30*time.Second, "containerd socket", func() error {
+		return testenv.Run(5*time.Second, testenv.Env(), ctr, "--address", sock, "version").Err
 	})
 	return c
 }
@@ -48,7 +50,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 func (c *containerd) run(t *testing.T, args ...string) string {
 	t.Helper()
 	args = append([]string{"--address", c.Sock, "--namespace", "e2e"}, args...)
-	return string(mustRun(t, 120*time.Second, clientEnv(), c.ctr, args...).Stdout)
+	return string(testenv.MustRun(t, 120*time.Second, testenv.Env(), c.ctr, args...).Stdout)
 }
 
 // imageDigests maps image name to target digest from `ctr image ls`.
@@ -66,22 +68,22 @@ func (c *containerd) imageDigests(t *testing.T) map[string]string {
 // writeHostsTOML mirrors host through the mirror; the fallback server is the dead port.
 func writeHostsTOML(t *testing.T, certsDir, host, mirrorAddr string) {
 	t.Helper()
-	writeFile(t, filepath.Join(certsDir, host, "hosts.toml"), fmt.Sprintf(`server = "http://%s"
+	testenv.WriteFile(t, filepath.Join(certsDir, host, "hosts.toml"), fmt.Sprintf(`server = "http://%s"
 
 [host."http://%s"]
   capabilities = ["pull", "resolve"]
-`, deadPort, mirrorAddr))
+`, testenv.DeadAddr, mirrorAddr))
 }
 
 // TestContainerd pulls with ctr through hosts.toml mirrors (containerd adds
 // ?ns=<registry> to every request), then pulls again into a fresh content
 // store with both upstreams stopped.
 func TestContainerd(t *testing.T) {
-	requireRoot(t)
-	requireTool(t, "containerd")
-	requireTool(t, "ctr")
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "containerd")
+	testenv.RequireTool(t, "ctr")
 	// The runc shim paths are hard-coded under /run/containerd.
-	removeIfCreated(t, "/run/containerd")
+	testenv.RemoveIfCreated(t, "/run/containerd")
 	e := newEnv(t, envOptions{TagTTL: "5m"})
 	fx := e.Fx
 	certs := filepath.Join(e.Dir, "certs.d")
@@ -131,7 +133,7 @@ func TestContainerd(t *testing.T) {
 		requireOutpost(t)
 		e.Hub.Stop()
 		e.GHCR.Stop()
-		c.Proc.stop()
+		c.Proc.Stop()
 		fresh := startContainerd(t, filepath.Join(e.Dir, "c2"))
 		pullAndCheck(t, fresh, "docker.io/library/alpine:3", fx.Alpine)
 		pullAndCheck(t, fresh, "docker.io/library/busybox:1.36", fx.Busybox)

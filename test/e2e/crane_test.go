@@ -9,19 +9,21 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // TestCrane pulls through every routing form with crane and raw requests and
 // checks that all forms of one image share one cache entry.
 func TestCrane(t *testing.T) {
-	crane := requireTool(t, "crane")
+	crane := testenv.RequireTool(t, "crane")
 	e := newEnv(t, envOptions{TagTTL: "5m"})
 	fx := e.Fx
 	m := e.Mirror.Addr
-	env := clientEnv("DOCKER_CONFIG=" + t.TempDir())
+	env := testenv.Env("DOCKER_CONFIG=" + t.TempDir())
 	run := func(t *testing.T, args ...string) []byte {
 		t.Helper()
-		return mustRun(t, 60*time.Second, env, crane, args...).Stdout
+		return testenv.MustRun(t, 60*time.Second, env, crane, args...).Stdout
 	}
 	checkManifest := func(t *testing.T, ref string, want *manifest, extra ...string) {
 		t.Helper()
@@ -76,7 +78,7 @@ func TestCrane(t *testing.T) {
 			"/v2/library/alpine/manifests/3?ns=quay.io",
 			"/v2/library/alpine/manifests/3?ns=ghcr.io",
 		} {
-			resp, body, err := fetch("GET", e.Mirror.URL(path), map[string]string{"Accept": manifestAccept})
+			resp, body, err := testenv.Fetch("GET", e.Mirror.URL(path), map[string]string{"Accept": testenv.ManifestAccept})
 			if err != nil || resp.StatusCode != 404 {
 				t.Errorf("GET %s: err=%v status=%v, want 404: %.200s", path, err, resp.StatusCode, body)
 			}

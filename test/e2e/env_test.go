@@ -1,68 +1,27 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
-// upstreamConfig is one entry of outpost's `upstreams:` list.
-type upstreamConfig struct {
-	Name              string
-	URL               string
-	Default           bool
-	TagTTL            string // empty: product default
-	RevalidateTimeout string // empty: product default
-}
+// standIn replaces outpost with a distribution proxy (harness self-check).
+var standIn = os.Getenv("OUTPOST_E2E_STANDIN") == "distribution"
 
-// outpostConfig renders outpost's YAML configuration.
-type outpostConfig struct {
-	Addr      string
-	Root      string
-	Level     string
-	Upstreams []upstreamConfig
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
-func (c outpostConfig) YAML() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "http:\n  address: %s\nstorage:\n  root: %s\nlog:\n  level: %s\nupstreams:\n", c.Addr, c.Root, c.Level)
-	for _, u := range c.Upstreams {
-		fmt.Fprintf(&b, "  - name: %s\n    urls: [%q]\n    insecure: true\n", u.Name, u.URL)
-		if u.Default {
-			b.WriteString("    default: true\n")
-		}
-		if u.TagTTL != "" {
-			fmt.Fprintf(&b, "    tagTTL: %s\n", u.TagTTL)
-		}
-		if u.RevalidateTimeout != "" {
-			fmt.Fprintf(&b, "    revalidateTimeout: %s\n", u.RevalidateTimeout)
-		}
-	}
-	return b.String()
-}
-
-// mirror is the running pull-through cache under test.
-type mirror struct {
-	Addr    string
-	DataDir string
-	Proc    *proc
-}
-
-// URL returns http://<mirror>/<path>.
-func (m *mirror) URL(path string) string { return "http://" + m.Addr + path }
-
-// startOutpost writes cfg to dir/outpost.yaml and runs `outpost serve` until ready.
-func startOutpost(t *testing.T, dir string, cfg outpostConfig) *mirror {
+// requireOutpost returns the outpost binary; tests of Outpost-specific
+// behaviour call it to be skipped in stand-in mode.
+func requireOutpost(t *testing.T) string {
 	t.Helper()
-	bin := requireOutpost(t)
-	cfgPath := filepath.Join(dir, "outpost.yaml")
-	writeFile(t, cfgPath, cfg.YAML())
-	p := startProc(t, "outpost", filepath.Join(dir, "outpost.log"), clientEnv(), bin, "serve", "--config", cfgPath)
-	waitUntil(t, p, 20*time.Second, "outpost /v2/", func() error { return pingV2(cfg.Addr) })
-	return &mirror{Addr: cfg.Addr, DataDir: cfg.Root, Proc: p}
+	if standIn {
+		t.Skip("tests Outpost-specific behaviour; skipped with OUTPOST_E2E_STANDIN")
+	}
+	return testenv.Outpost(t)
 }
 
 // envOptions tune one test environment.
@@ -77,7 +36,7 @@ type testEnv struct {
 	Dir    string
 	Hub    *upstream // docker.io
 	GHCR   *upstream // ghcr.io
-	Mirror *mirror
+	Mirror *testenv.Server
 	Fx     fixtureSet
 }
 
@@ -92,32 +51,17 @@ func newEnv(t *testing.T, opts envOptions) *testEnv {
 	e.Hub = startUpstream(t, filepath.Join(dir, "hub"), "docker.io", fx.tags())
 	e.GHCR = startUpstream(t, filepath.Join(dir, "ghcr"), "ghcr.io", fx.tags())
 	if standIn {
-		p, addr := startRegistry(t, filepath.Join(dir, "standin"), e.Hub.URL())
-		e.Mirror = &mirror{Addr: addr, DataDir: filepath.Join(dir, "standin", "data"), Proc: p}
+		e.Mirror = testenv.StartRegistry(t, filepath.Join(dir, "standin"), testenv.RegistryOptions{RemoteURL: e.Hub.URL()})
 		return e
 	}
-	od := filepath.Join(dir, "outpost")
-	if err := os.MkdirAll(od, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	e.Mirror = startOutpost(t, od, outpostConfig{
-		Addr:  freeAddr(t),
-		Root:  filepath.Join(od, "data"),
+	e.Mirror = testenv.StartOutpost(t, filepath.Join(dir, "outpost"), testenv.OutpostConfig{
 		Level: "debug",
-		Upstreams: []upstreamConfig{
+		Upstreams: []testenv.Upstream{
 			{Name: "docker.io", URL: e.Hub.URL(), Default: true, TagTTL: opts.TagTTL, RevalidateTimeout: opts.RevalidateTimeout},
 			{Name: "ghcr.io", URL: e.GHCR.URL(), TagTTL: opts.TagTTL, RevalidateTimeout: opts.RevalidateTimeout},
 		},
 	})
 	return e
-}
-
-// upstream returns the upstream serving a fixture ref.
-func (e *testEnv) upstream(r taggedRef) *upstream {
-	if r.Upstream == "ghcr.io" {
-		return e.GHCR
-	}
-	return e.Hub
 }
 
 // mirrorRepo is how a client addresses r's repository on the mirror with
@@ -127,13 +71,13 @@ func mirrorRepo(r taggedRef) string { return r.Upstream + "/" + r.Repo }
 // getManifest fetches a manifest from the mirror and checks it is m, byte for byte.
 func (e *testEnv) getManifest(t *testing.T, path string, m *manifest) {
 	t.Helper()
-	e.getManifestWithin(t, httpClient.Timeout, path, m)
+	e.getManifestWithin(t, testenv.Client.Timeout, path, m)
 }
 
 // getManifestWithin is getManifest that gives up (fatally) after timeout.
 func (e *testEnv) getManifestWithin(t *testing.T, timeout time.Duration, path string, m *manifest) {
 	t.Helper()
-	resp, body, err := fetchWithin(timeout, "GET", e.Mirror.URL(path), map[string]string{"Accept": manifestAccept})
+	resp, body, err := testenv.FetchWithin(timeout, "GET", e.Mirror.URL(path), map[string]string{"Accept": testenv.ManifestAccept})
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
@@ -155,7 +99,7 @@ func (e *testEnv) getManifestWithin(t *testing.T, timeout time.Duration, path st
 func (e *testEnv) getBlob(t *testing.T, repoPath string, b blob) {
 	t.Helper()
 	path := "/v2/" + repoPath + "/blobs/" + b.Digest
-	resp, body, err := fetch("GET", e.Mirror.URL(path), nil)
+	resp, body, err := testenv.Fetch("GET", e.Mirror.URL(path), nil)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}

@@ -1,45 +1,32 @@
 package e2e
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
-	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
 	"io"
-	"math/rand/v2"
-	"net/http"
-	"net/url"
+	"math/rand"
 	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
-// Media types used by the fixtures.
-const (
-	mtDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
-	mtDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
-	mtDockerConfig   = "application/vnd.docker.container.image.v1+json"
-	mtDockerLayer    = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-	mtOCIManifest    = "application/vnd.oci.image.manifest.v1+json"
-	mtOCIIndex       = "application/vnd.oci.image.index.v1+json"
-	mtOCIConfig      = "application/vnd.oci.image.config.v1+json"
-	mtOCILayer       = "application/vnd.oci.image.layer.v1.tar+gzip"
-)
-
-// manifestAccept is what a client that understands every format sends.
-var manifestAccept = strings.Join([]string{mtOCIManifest, mtOCIIndex, mtDockerManifest, mtDockerList}, ", ")
+// The fixtures are built with go-containerregistry; manifest and blob only
+// read its results out once, so that tests compare plain strings and bytes.
 
 // blob is one content-addressed blob (config or layer).
 type blob struct {
-	Digest    string
-	MediaType string
-	Data      []byte
+	Digest string
+	Data   []byte
 }
 
 func (b blob) hex() string { return strings.TrimPrefix(b.Digest, "sha256:") }
@@ -56,6 +43,14 @@ type manifest struct {
 	Layers   []blob
 	DiffIDs  []string // uncompressed layer digests
 	Children []*manifest
+
+	obj artifact // for pushImage and newIndex
+}
+
+// artifact is a v1.Image or a v1.ImageIndex.
+type artifact interface {
+	partial.Describable
+	partial.WithRawManifest
 }
 
 // all returns this manifest and its children.
@@ -90,123 +85,75 @@ func (m *manifest) child(platform string) *manifest {
 }
 
 func digestOf(b []byte) string {
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
+	h, _, _ := v1.SHA256(bytes.NewReader(b)) // reading memory cannot fail
+	return h.String()
 }
 
-// randomBytes returns n bytes that depend only on seed (incompressible).
-func randomBytes(seed string, n int) []byte {
-	sum := sha256.Sum256([]byte(seed))
-	r := rand.New(rand.NewChaCha8(sum))
-	b := make([]byte, n)
-	for i := 0; i+8 <= n; i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
-	}
-	return b
-}
-
-// newLayer builds a gzipped tar with bin/hello (random payload of size bytes)
-// and a text file naming the seed. It returns the blob and its diff ID.
-func newLayer(seed string, size int, mediaType string) (blob, string) {
-	var tarBuf bytes.Buffer
-	tw := tar.NewWriter(&tarBuf)
-	files := []struct {
-		name string
-		mode int64
-		data []byte
-	}{
-		{"etc/outpost-e2e", 0o644, []byte(seed + "\n")},
-		{"bin/hello", 0o755, randomBytes(seed, size)},
-	}
-	for _, dir := range []string{"bin/", "etc/"} {
-		must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755}))
-	}
-	for _, f := range files {
-		must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: f.mode, Size: int64(len(f.data))}))
-		_, err := tw.Write(f.data)
-		must(err)
-	}
-	must(tw.Close())
-	var gz bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
-	must(err)
-	_, err = zw.Write(tarBuf.Bytes())
-	must(err)
-	must(zw.Close())
-	return blob{Digest: digestOf(gz.Bytes()), MediaType: mediaType, Data: gz.Bytes()}, digestOf(tarBuf.Bytes())
-}
-
-type descriptor struct {
-	MediaType string    `json:"mediaType"`
-	Digest    string    `json:"digest"`
-	Size      int       `json:"size"`
-	Platform  *platform `json:"platform,omitempty"`
-}
-
-type platform struct {
-	Architecture string `json:"architecture"`
-	OS           string `json:"os"`
-}
-
-func describe(b blob) descriptor {
-	return descriptor{MediaType: b.MediaType, Digest: b.Digest, Size: len(b.Data)}
-}
-
-// newImage builds a single-platform image with one layer of about layerSize bytes.
-func newImage(seed, arch string, oci bool, layerSize int) *manifest {
-	mtManifest, mtConfig, mtLayer := mtDockerManifest, mtDockerConfig, mtDockerLayer
+// newImage builds a linux/arch image with one layer of a layerSize-byte
+// file: a gzipped tarball that containerd can unpack. The layer content
+// depends only on seed, so runs are reproducible.
+func newImage(seed int64, arch string, oci bool, layerSize int64) *manifest {
+	mt, cfgMT, layerMT := types.DockerManifestSchema2, types.DockerConfigJSON, types.DockerLayer
 	if oci {
-		mtManifest, mtConfig, mtLayer = mtOCIManifest, mtOCIConfig, mtOCILayer
+		mt, cfgMT, layerMT = types.OCIManifestSchema1, types.OCIConfigJSON, types.OCILayer
 	}
-	layer, diffID := newLayer(seed+"/"+arch, layerSize, mtLayer)
-	cfg, err := json.Marshal(map[string]any{
-		"architecture": arch,
-		"os":           "linux",
-		"config":       map[string]any{"Entrypoint": []string{"/bin/hello"}},
-		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{diffID}},
-	})
-	must(err)
-	config := blob{Digest: digestOf(cfg), MediaType: mtConfig, Data: cfg}
-	raw, err := json.Marshal(struct {
-		SchemaVersion int          `json:"schemaVersion"`
-		MediaType     string       `json:"mediaType"`
-		Config        descriptor   `json:"config"`
-		Layers        []descriptor `json:"layers"`
-	}{2, mtManifest, describe(config), []descriptor{describe(layer)}})
-	must(err)
-	return &manifest{
-		Digest: digestOf(raw), MediaType: mtManifest, Raw: raw, Platform: "linux/" + arch,
-		Config: config, Layers: []blob{layer}, DiffIDs: []string{diffID},
-	}
+	layer := check(random.Layer(layerSize, layerMT, random.WithSource(rand.NewSource(seed))))
+	base := check(mutate.ConfigFile(empty.Image, &v1.ConfigFile{
+		Architecture: arch, OS: "linux", RootFS: v1.RootFS{Type: "layers"},
+	}))
+	img := check(mutate.AppendLayers(mutate.ConfigMediaType(mutate.MediaType(base, mt), cfgMT), layer))
+	m := describe(img, "linux/"+arch)
+	m.Config = blob{Digest: check(img.ConfigName()).String(), Data: check(img.RawConfigFile())}
+	data := check(io.ReadAll(check(layer.Compressed())))
+	m.Layers = []blob{{Digest: check(layer.Digest()).String(), Data: data}}
+	m.DiffIDs = []string{check(layer.DiffID()).String()}
+	return m
 }
 
 // newIndex builds a manifest list (docker) or image index (OCI) of children.
 func newIndex(oci bool, children ...*manifest) *manifest {
-	mt := mtDockerList
+	idx := mutate.IndexMediaType(empty.Index, types.DockerManifestList)
 	if oci {
-		mt = mtOCIIndex
+		idx = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	}
-	var descs []descriptor
 	for _, c := range children {
 		os, arch, _ := strings.Cut(c.Platform, "/")
-		descs = append(descs, descriptor{
-			MediaType: c.MediaType, Digest: c.Digest, Size: len(c.Raw),
-			Platform: &platform{OS: os, Architecture: arch},
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
+			Add:        noArtifactType{c.obj.(v1.Image)},
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: os, Architecture: arch}},
 		})
 	}
-	raw, err := json.Marshal(struct {
-		SchemaVersion int          `json:"schemaVersion"`
-		MediaType     string       `json:"mediaType"`
-		Manifests     []descriptor `json:"manifests"`
-	}{2, mt, descs})
-	must(err)
-	return &manifest{Digest: digestOf(raw), MediaType: mt, Raw: raw, Children: children}
+	m := describe(idx, "")
+	m.Children = children
+	return m
 }
 
-func must(err error) {
+// noArtifactType keeps go-containerregistry from putting the config media
+// type as artifactType into the image's index entry. Indexes from docker
+// buildx have none, and skopeo rewrites an index that has them when copying.
+type noArtifactType struct{ v1.Image }
+
+func (noArtifactType) ArtifactType() (string, error) { return "", nil }
+
+// describe reads digest, media type and bytes of an image or index.
+func describe(obj artifact, platform string) *manifest {
+	raw := check(obj.RawManifest())
+	return &manifest{
+		Digest:    check(obj.Digest()).String(),
+		MediaType: string(check(obj.MediaType())),
+		Raw:       raw,
+		Platform:  platform,
+		obj:       obj,
+	}
+}
+
+// check panics on a fixture-building error: fixtures are built once,
+// outside any one test.
+func check[T any](v T, err error) T {
 	if err != nil {
 		panic(err)
 	}
+	return v
 }
 
 // fixtureSet is what the upstreams hold. Hub is served as docker.io, GHCR as ghcr.io.
@@ -227,10 +174,10 @@ type taggedRef struct {
 
 var fixtures = sync.OnceValue(func() fixtureSet {
 	return fixtureSet{
-		Alpine:  newIndex(false, newImage("alpine", "amd64", false, 64<<10), newImage("alpine", "arm64", false, 64<<10)),
-		Busybox: newImage("busybox", "amd64", false, 4<<20),
-		Tool:    newImage("tool", "amd64", true, 2<<20),
-		App:     newIndex(true, newImage("app", "amd64", true, 64<<10), newImage("app", "arm64", true, 64<<10)),
+		Alpine:  newIndex(false, newImage(1, "amd64", false, 64<<10), newImage(2, "arm64", false, 64<<10)),
+		Busybox: newImage(3, "amd64", false, 4<<20),
+		Tool:    newImage(4, "amd64", true, 2<<20),
+		App:     newIndex(true, newImage(5, "amd64", true, 64<<10), newImage(6, "arm64", true, 64<<10)),
 	}
 })
 
@@ -245,91 +192,14 @@ func (f fixtureSet) tags() []taggedRef {
 	}
 }
 
-// pushImage uploads m (children first, then blobs, then the manifest itself)
-// to the registry at addr under repo:tag (tag may be empty: push by digest).
+// pushImage uploads m with all it references to the registry at addr as repo:tag.
 func pushImage(t *testing.T, addr, repo, tag string, m *manifest) {
 	t.Helper()
-	for _, c := range m.Children {
-		pushImage(t, addr, repo, "", c)
-	}
-	if m.Config.Digest != "" {
-		pushBlob(t, addr, repo, m.Config)
-	}
-	for _, l := range m.Layers {
-		pushBlob(t, addr, repo, l)
-	}
-	ref := m.Digest
-	if tag != "" {
-		ref = tag
-	}
-	req, err := http.NewRequest(http.MethodPut, "http://"+addr+"/v2/"+repo+"/manifests/"+ref, bytes.NewReader(m.Raw))
+	ref, err := name.ParseReference(addr+"/"+repo+":"+tag, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", m.MediaType)
-	expectStatus(t, req, http.StatusCreated)
-}
-
-func pushBlob(t *testing.T, addr, repo string, b blob) {
-	t.Helper()
-	base := "http://" + addr + "/v2/" + repo + "/blobs/"
-	req, _ := http.NewRequest(http.MethodPost, base+"uploads/", nil)
-	resp := expectStatus(t, req, http.StatusAccepted)
-	loc, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
-	if err != nil {
-		t.Fatal(err)
+	if err := remote.Push(ref, m.obj, remote.WithTransport(testenv.Client.Transport)); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
 	}
-	q := loc.Query()
-	q.Set("digest", b.Digest)
-	loc.RawQuery = q.Encode()
-	req, _ = http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(b.Data))
-	req.Header.Set("Content-Type", "application/octet-stream")
-	expectStatus(t, req, http.StatusCreated)
-}
-
-func expectStatus(t *testing.T, req *http.Request, want int) *http.Response {
-	t.Helper()
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != want {
-		t.Fatalf("%s %s: status %d, want %d: %s", req.Method, req.URL, resp.StatusCode, want, body)
-	}
-	return resp
-}
-
-// fetch does one request against a loopback server and reads the whole body.
-// A body read error is returned as err together with the partial body.
-func fetch(method, rawURL string, header map[string]string) (*http.Response, []byte, error) {
-	return fetchWithin(httpClient.Timeout, method, rawURL, header)
-}
-
-// fetchWithin is fetch with a deadline for the whole exchange.
-func fetchWithin(timeout time.Duration, method, rawURL string, header map[string]string) (*http.Response, []byte, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp, body, fmt.Errorf("reading body: %w", err)
-	}
-	return resp, body, nil
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // Latency bounds for offline serving. revalidateTimeout is 2s, so the first
@@ -26,7 +28,7 @@ const (
 // every tag request tries to revalidate.
 func TestOffline(t *testing.T) {
 	requireOutpost(t)
-	crane := requireTool(t, "crane")
+	crane := testenv.RequireTool(t, "crane")
 
 	for _, mode := range []string{"stopped", "blackhole"} {
 		t.Run(mode, func(t *testing.T) {
@@ -60,7 +62,7 @@ func TestOffline(t *testing.T) {
 
 					path = "/v2/" + r.Repo + "/manifests/" + r.Tag + "?ns=" + r.Upstream
 					start = time.Now()
-					resp, _, err := fetchWithin(bound+offlineGrace, "HEAD", e.Mirror.URL(path), map[string]string{"Accept": manifestAccept})
+					resp, _, err := testenv.FetchWithin(bound+offlineGrace, "HEAD", e.Mirror.URL(path), map[string]string{"Accept": testenv.ManifestAccept})
 					checkElapsed(t, fmt.Sprintf("round %d: HEAD %s", round, path), time.Since(start), bound)
 					switch {
 					case err != nil:
@@ -73,13 +75,13 @@ func TestOffline(t *testing.T) {
 			}
 
 			// Full pulls with crane, by tag and by every digest.
-			env := clientEnv("DOCKER_CONFIG=" + t.TempDir())
+			env := testenv.Env("DOCKER_CONFIG=" + t.TempDir())
 			out, pulls := t.TempDir(), 0
 			pull := func(ref string, m *manifest) {
 				t.Helper()
 				pulls++
 				dir := filepath.Join(out, fmt.Sprint(pulls))
-				res := runCmd(offlineFirstBound+offlineGrace, env, crane, "pull", "--format", "oci", ref, dir)
+				res := testenv.Run(offlineFirstBound+offlineGrace, env, crane, "pull", "--format", "oci", ref, dir)
 				if res.Err != nil {
 					t.Fatalf("offline crane pull %s: %s", ref, res)
 				}
@@ -103,12 +105,12 @@ func TestOffline(t *testing.T) {
 
 			// The upstream comes back: being marked down must not be permanent.
 			// A tag that was never cached has to come through within the bound.
-			pushImage(t, e.Hub.RegAddr, "library/alpine", "edge", e.Fx.Busybox)
+			pushImage(t, e.Hub.Registry.Addr, "library/alpine", "edge", e.Fx.Busybox)
 			e.Hub.Restart(t)
 			const path = "/v2/library/alpine/manifests/edge"
 			start := time.Now()
 			for {
-				resp, _, err := fetchWithin(5*time.Second, "GET", e.Mirror.URL(path), map[string]string{"Accept": manifestAccept})
+				resp, _, err := testenv.FetchWithin(5*time.Second, "GET", e.Mirror.URL(path), map[string]string{"Accept": testenv.ManifestAccept})
 				if err == nil && resp.StatusCode == 200 {
 					t.Logf("upstream used again %s after it came back", time.Since(start).Round(time.Millisecond))
 					break

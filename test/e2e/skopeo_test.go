@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // blobInfoCache is written by skopeo (as root) whatever flags are given.
@@ -26,7 +28,7 @@ insecure = true
 [[registry.mirror]]
 location = %q
 insecure = true
-`, prefix, deadPort, mirror)
+`, prefix, testenv.DeadAddr, mirror)
 	}
 	conf := `unqualified-search-registries = ["docker.io"]
 short-name-mode = "permissive"
@@ -41,8 +43,8 @@ short-name-mode = "permissive"
 // the plain mirror form for docker.io and the path-prefix form
 // (location = "<mirror>/ghcr.io") for the non-default upstream.
 func TestSkopeo(t *testing.T) {
-	skopeo := requireTool(t, "skopeo")
-	removeIfCreated(t, blobInfoCache)
+	skopeo := testenv.RequireTool(t, "skopeo")
+	testenv.RemoveIfCreated(t, blobInfoCache)
 	e := newEnv(t, envOptions{TagTTL: "5m"})
 	fx := e.Fx
 	dir := t.TempDir()
@@ -51,16 +53,16 @@ func TestSkopeo(t *testing.T) {
 		ghcrMirror = ""
 	}
 	conf := filepath.Join(dir, "registries.conf")
-	writeFile(t, conf, registriesConf(e.Mirror.Addr, ghcrMirror))
+	testenv.WriteFile(t, conf, registriesConf(e.Mirror.Addr, ghcrMirror))
 	tmp := filepath.Join(dir, "tmp")
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	env := clientEnv("TMPDIR="+tmp, "HOME="+dir, "XDG_RUNTIME_DIR="+dir)
+	env := testenv.Env("TMPDIR="+tmp, "HOME="+dir, "XDG_RUNTIME_DIR="+dir)
 	run := func(t *testing.T, args ...string) []byte {
 		t.Helper()
 		args = append([]string{"--registries-conf", conf, "--insecure-policy"}, args...)
-		return mustRun(t, 90*time.Second, env, skopeo, args...).Stdout
+		return testenv.MustRun(t, 90*time.Second, env, skopeo, args...).Stdout
 	}
 	// inspect runs `skopeo [global...] inspect --no-tags ref` and checks the
 	// reported digest (that of the reference, an index for multi-arch images)
@@ -117,8 +119,8 @@ func TestSkopeo(t *testing.T) {
 	t.Run("path-prefix mirror for docker.io", func(t *testing.T) {
 		requireOutpost(t)
 		conf2 := filepath.Join(t.TempDir(), "registries.conf")
-		writeFile(t, conf2, registriesConf(e.Mirror.Addr+"/docker.io", ""))
-		res := mustRun(t, 60*time.Second, env, skopeo, "--registries-conf", conf2, "--insecure-policy",
+		testenv.WriteFile(t, conf2, registriesConf(e.Mirror.Addr+"/docker.io", ""))
+		res := testenv.MustRun(t, 60*time.Second, env, skopeo, "--registries-conf", conf2, "--insecure-policy",
 			"inspect", "--no-tags", "--raw", "docker://docker.io/library/busybox:1.36")
 		if !bytes.Equal(res.Stdout, fx.Busybox.Raw) {
 			t.Errorf("busybox via %s/docker.io: digest %s, want %s", e.Mirror.Addr, digestOf(res.Stdout), fx.Busybox.Digest)

@@ -1,6 +1,10 @@
 package e2e
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/outpost-oci/outpost/test/testenv"
+)
 
 // TestTagTTL moves a tag upstream after it was cached. With tagTTL 0 the
 // next request revalidates and sees the new digest; with a long TTL the
@@ -22,14 +26,14 @@ func TestTagTTL(t *testing.T) {
 			const tagPath = "/v2/library/alpine/manifests/3"
 			e.getManifest(t, tagPath, fx.Alpine)
 
-			pushImage(t, e.Hub.RegAddr, "library/alpine", "3", fx.Busybox)
+			pushImage(t, e.Hub.Registry.Addr, "library/alpine", "3", fx.Busybox)
 			gets := e.Hub.Front.Count("GET", tagPath) + e.Hub.Front.Count("HEAD", tagPath)
 			want := fx.Alpine
 			if c.revalidates {
 				want = fx.Busybox
 			}
 			e.getManifest(t, tagPath, want)
-			resp, _, err := fetch("HEAD", e.Mirror.URL("/v2/alpine/manifests/3?ns=docker.io"), map[string]string{"Accept": manifestAccept})
+			resp, _, err := testenv.Fetch("HEAD", e.Mirror.URL("/v2/alpine/manifests/3?ns=docker.io"), map[string]string{"Accept": testenv.ManifestAccept})
 			if err != nil || resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.Digest {
 				t.Errorf("HEAD alpine:3 via ns after the upstream retag: err=%v resp=%v, want digest %s", err, resp, want.Digest)
 			}

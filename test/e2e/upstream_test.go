@@ -3,27 +3,25 @@ package e2e
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // upstream is a distribution registry with a recording reverse proxy in
 // front of it. Outpost is pointed at the proxy, so the test sees every
 // request Outpost makes upstream and can slow down or corrupt blobs.
 type upstream struct {
-	Name     string // the upstream name in outpost's config, e.g. docker.io
-	Registry *proc
-	RegAddr  string // the registry itself (used for seeding)
+	Name     string          // the upstream name in outpost's config, e.g. docker.io
+	Registry *testenv.Server // the registry itself (used for seeding)
 	Front    *frontProxy
 }
 
@@ -40,57 +38,19 @@ func (u *upstream) Stop() { u.Front.Stop() }
 // Restart serves the upstream again on the same address (with a fresh request log).
 func (u *upstream) Restart(t *testing.T) {
 	t.Helper()
-	u.Front = startFrontProxy(t, u.RegAddr, u.Front.Addr)
-}
-
-// startRegistry runs the CNCF distribution registry (v3) on a free port.
-// Its access log is off: the front proxy records requests instead.
-// remoteURL, if set, runs it as a pull-through proxy of that URL.
-func startRegistry(t *testing.T, dir, remoteURL string) (*proc, string) {
-	t.Helper()
-	bin := requireTool(t, "registry")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	addr := freeAddr(t)
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  formatter: text
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: %s
-  secret: e2e-secret
-`, filepath.Join(dir, "data"), addr)
-	if remoteURL != "" {
-		cfg += "proxy:\n  remoteurl: " + remoteURL + "\n"
-	}
-	cfgPath := filepath.Join(dir, "config.yml")
-	writeFile(t, cfgPath, cfg)
-	env := clientEnv("OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none")
-	p := startProc(t, "registry "+filepath.Base(dir), filepath.Join(dir, "registry.log"), env, bin, "serve", cfgPath)
-	waitUntil(t, p, 15*time.Second, "registry /v2/", func() error { return pingV2(addr) })
-	return p, addr
+	u.Front = startFrontProxy(t, u.Registry.Addr, u.Front.Addr)
 }
 
 // startUpstream starts a registry plus its front proxy and seeds it.
 func startUpstream(t *testing.T, dir, name string, seed []taggedRef) *upstream {
 	t.Helper()
-	reg, regAddr := startRegistry(t, dir, "")
+	reg := testenv.StartRegistry(t, dir, testenv.RegistryOptions{})
 	for _, r := range seed {
 		if r.Upstream == name {
-			pushImage(t, regAddr, r.Repo, r.Tag, r.M)
+			pushImage(t, reg.Addr, r.Repo, r.Tag, r.M)
 		}
 	}
-	return &upstream{Name: name, Registry: reg, RegAddr: regAddr, Front: startFrontProxy(t, regAddr, "127.0.0.1:0")}
+	return &upstream{Name: name, Registry: reg, Front: startFrontProxy(t, reg.Addr, "127.0.0.1:0")}
 }
 
 // upstreamRequest is one request Outpost made to an upstream.
