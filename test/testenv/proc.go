@@ -61,10 +61,7 @@ func Start(tb testing.TB, name, logPath string, env []string, bin string, args .
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setpgid:   true,
-		Pdeathsig: syscall.SIGKILL, // die with the test binary, even if it is killed
-	}
+	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		tb.Fatalf("start %s: %v", name, err)
