@@ -92,11 +92,12 @@ func BenchmarkPullThroughCache(b *testing.B) {
 		if placeholder {
 			outpost = startDistributionProxy(b, "placeholder", dir, upURL)
 		} else {
-			outpost = startOutpost(b, dir, upURL)
+			outpost = startOutpost(b, "outpost", dir, upURL)
 		}
 		ngx := startNginx(b, nginxBin, dir, c.docroot)
 		servers := map[string]*testenv.Server{colOutpost: outpost, colPeer: peer, colDirect: up, colNginx: ngx}
 		measure(ctx, b, res, c, servers)
+		measureUplink(ctx, b, res, c, dir, upURL, placeholder)
 		res.elapsed = time.Since(res.start)
 		res.loadEnd = loadAvg()
 	}

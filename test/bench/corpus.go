@@ -49,6 +49,9 @@ var pullSpecs = []imageSpec{
 // when 32 clients ask for it at once.
 var fanoutSpec = imageSpec{repo: "bench/fanout", tag: "v1", layers: []int{16 * mib}}
 
+// uplinkSpec is pulled only through the throttled uplink, cold in every column.
+var uplinkSpec = imageSpec{repo: "bench/uplink", tag: "v1", layers: []int{4 * mib, 1 * mib, 16 * kib}}
+
 // blobRef is one blob of an image (config or layer).
 type blobRef struct {
 	digest string // sha256:...
@@ -69,6 +72,7 @@ type image struct {
 type corpus struct {
 	images  []image // pull set
 	fanout  image
+	uplink  image
 	docroot string // nginx root: /blobs/<hex> and /manifest.json
 }
 
@@ -216,6 +220,7 @@ func buildCorpus(ctx context.Context, tb testing.TB, dir, upstreamURL string) *c
 		c.images = append(c.images, push(spec))
 	}
 	c.fanout = push(fanoutSpec)
+	c.uplink = push(uplinkSpec)
 
 	// The manifest-sized file for nginx is the hot-manifest image's manifest.
 	if err := os.WriteFile(filepath.Join(c.docroot, strings.TrimPrefix(nginxManifestPath, "/")), c.images[0].manifest, 0o644); err != nil {

@@ -37,8 +37,8 @@ func startDistributionProxy(tb testing.TB, name, dir, upstreamURL string) *teste
 }
 
 // startOutpost runs Outpost with the upstream as default upstream.
-func startOutpost(tb testing.TB, dir, upstreamURL string) *testenv.Server {
-	return testenv.StartOutpost(tb, filepath.Join(dir, "outpost"), testenv.OutpostConfig{Upstreams: []testenv.Upstream{
+func startOutpost(tb testing.TB, name, dir, upstreamURL string) *testenv.Server {
+	return testenv.StartOutpost(tb, filepath.Join(dir, name), testenv.OutpostConfig{Upstreams: []testenv.Upstream{
 		{Name: "docker.io", URL: upstreamURL, Default: true, TagTTL: "5m"},
 	}})
 }
