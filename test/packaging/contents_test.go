@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/outpost-oci/outpost/configs"
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 var elfMachine = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
@@ -23,7 +24,7 @@ var elfMachine = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_
 // loader `outpost serve --config` uses, has the package paths, and knows the
 // same upstreams as the embedded default.
 func TestPackagedConfig(t *testing.T) {
-	path := filepath.Join(root(t), "packaging", "config.yaml")
+	path := filepath.Join(testenv.ModuleRoot(t), "packaging", "config.yaml")
 	c, err := configs.Load(path)
 	if err != nil {
 		t.Fatalf("configs.Load(%s): %v", path, err)
@@ -45,28 +46,33 @@ func TestPackagedConfig(t *testing.T) {
 // the shipped unit and config being the ones in packaging/.
 func TestPackageContents(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "dpkg-deb")
-	requireTool(t, "rpm")
-	requireTool(t, "rpm2cpio")
+	dpkgDeb := requireTool(t, "dpkg-deb")
+	rpmBin := requireTool(t, "rpm")
+	rpm2cpio := requireTool(t, "rpm2cpio")
 	s := requirePackages(t, v1)
-	r := root(t)
+	r := testenv.ModuleRoot(t)
 	unit := mustRead(t, filepath.Join(r, "packaging", "outpost.service"))
 	scripts := map[string][]byte{
 		"postinst": mustRead(t, filepath.Join(r, "packaging", "scripts", "postinstall.sh")),
 		"prerm":    mustRead(t, filepath.Join(r, "packaging", "scripts", "preremove.sh")),
 		"postrm":   mustRead(t, filepath.Join(r, "packaging", "scripts", "postremove.sh")),
 	}
-	env := testEnv()
+	env := testenv.Env()
+	// stdout of a command that must succeed (its stderr is in the failure).
+	output := func(t *testing.T, bin string, args ...string) string {
+		t.Helper()
+		return string(testenv.MustRun(t, time.Minute, env, bin, args...).Stdout)
+	}
 	rpmdb := t.TempDir() // rpm -qp opens a database: keep it away from $HOME
 	for _, a := range pkgArches {
 		t.Run("deb-"+a.deb, func(t *testing.T) {
 			deb := s.Debs[a.deb]
-			fields := mustOutput(t, time.Minute, env, "dpkg-deb", "-f", deb, "Package", "Version", "Architecture", "Depends")
+			fields := output(t, dpkgDeb, "-f", deb, "Package", "Version", "Architecture", "Depends")
 			want := fmt.Sprintf("Package: outpost\nVersion: %s-1\nArchitecture: %s\nDepends: passwd\n", s.Version, a.deb)
 			if fields != want {
 				t.Errorf("dpkg-deb -f:\n%s\nwant:\n%s", fields, want)
 			}
-			info := mustRun(t, time.Minute, env, "dpkg-deb", "-I", deb)
+			info := output(t, dpkgDeb, "-I", deb)
 			for _, w := range []string{"conffiles", "postinst", "prerm", "postrm", "Homepage: https://github.com/outpost-oci/outpost"} {
 				if !strings.Contains(info, w) {
 					t.Errorf("dpkg-deb -I lacks %q:\n%s", w, info)
@@ -75,7 +81,7 @@ func TestPackageContents(t *testing.T) {
 
 			// File list with owners and modes. /var/lib/outpost is not shipped:
 			// postinst creates it for the service user.
-			list := mustOutput(t, time.Minute, env, "dpkg-deb", "-c", deb)
+			list := output(t, dpkgDeb, "-c", deb)
 			got := map[string]string{}
 			for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
 				f := strings.Fields(line)
@@ -108,7 +114,7 @@ func TestPackageContents(t *testing.T) {
 
 			// Control files: conffiles and the maintainer scripts verbatim.
 			ctrl := t.TempDir()
-			mustRun(t, time.Minute, env, "dpkg-deb", "-e", deb, ctrl)
+			output(t, dpkgDeb, "-e", deb, ctrl)
 			if c := string(mustRead(t, filepath.Join(ctrl, "conffiles"))); c != "/etc/outpost/config.yaml\n" {
 				t.Errorf("conffiles = %q, want only /etc/outpost/config.yaml", c)
 			}
@@ -124,14 +130,14 @@ func TestPackageContents(t *testing.T) {
 
 			// Payload: the binary's architecture, the unit and the config.
 			x := t.TempDir()
-			mustRun(t, time.Minute, env, "dpkg-deb", "-x", deb, x)
+			output(t, dpkgDeb, "-x", deb, x)
 			checkPayload(t, x, a.deb, unit, s.Config)
 		})
 
 		t.Run("rpm-"+a.rpm, func(t *testing.T) {
 			rpm := s.RPMs[a.deb]
 			q := func(args ...string) string {
-				return mustOutput(t, time.Minute, env, "rpm", append([]string{"--dbpath", rpmdb}, args...)...)
+				return output(t, rpmBin, append([]string{"--dbpath", rpmdb}, args...)...)
 			}
 			if got, want := q("-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH} %{OS}\n", rpm),
 				fmt.Sprintf("outpost %s 1 %s linux\n", s.Version, a.rpm); got != want {
@@ -182,12 +188,12 @@ func TestPackageContents(t *testing.T) {
 			// Debian's rpm2cpio 4.18 exits 1 on these packages although it
 			// writes the whole archive and says nothing; the archive is
 			// trusted only if it is complete (trailer) and rpm -K passed.
-			cpio, stderr, err := runOut(time.Minute, env, "rpm2cpio", rpm)
-			if err != nil && (stderr != "" || len(cpio) == 0) {
-				t.Fatalf("rpm2cpio: %v\n%s", err, stderr)
+			res := testenv.Run(time.Minute, env, rpm2cpio, rpm)
+			if res.Err != nil && (len(res.Stderr) != 0 || len(res.Stdout) == 0) {
+				t.Fatalf("rpm2cpio: %v\n%s", res.Err, res.Stderr)
 			}
 			x := t.TempDir()
-			if err := extractNewc(bytes.NewReader(cpio), x); err != nil {
+			if err := extractNewc(bytes.NewReader(res.Stdout), x); err != nil {
 				t.Fatalf("rpm payload: %v", err)
 			}
 			checkPayload(t, x, a.deb, unit, s.Config)

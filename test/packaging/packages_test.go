@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // pkgArches maps Go/Debian architecture names to rpm's and to ELF machines.
@@ -31,24 +34,26 @@ type pkgSet struct {
 // buildPackages runs `make packages` for version into a fresh directory below
 // baseDir, shipping configSrc (a path) as /etc/outpost/config.yaml.
 func buildPackages(version string, arches []string, configSrc string) (*pkgSet, error) {
-	r, err := repoRoot()
+	r, err := moduleRoot()
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := findTool("nfpm"); !ok {
-		return nil, fmt.Errorf("nfpm not found (run scripts/install-packaging-deps.sh)")
+	nfpm, ok := testenv.FindTool("nfpm")
+	if !ok {
+		return nil, fmt.Errorf("nfpm not found (scripts/install-packaging-deps.sh installs it)")
 	}
 	dir := filepath.Join(baseDir, "pkg-"+version)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	bindir := filepath.Join(dir, "bin")
-	start := time.Now()
-	out, err := runCmd(10*time.Minute, r, testEnv(), "make", "--no-print-directory", "packages",
+	// make finds nfpm on PATH; it may live only in a Go bin directory.
+	path := "PATH=" + filepath.Dir(nfpm) + string(os.PathListSeparator) + os.Getenv("PATH")
+	res := testenv.RunIn(r, 10*time.Minute, testenv.Env(path), "make", "--no-print-directory", "packages",
 		"VERSION="+version, "COMMIT=pkgtest", "DIST="+dir, "BINDIR="+bindir,
 		"PKG_ARCHES="+strings.Join(arches, " "), "PKG_CONFIG="+configSrc)
-	if err != nil {
-		return nil, fmt.Errorf("make packages VERSION=%s: %v\n%s", version, err, out)
+	if res.Err != nil {
+		return nil, fmt.Errorf("make packages VERSION=%s: %s", version, res)
 	}
 	cfg, err := os.ReadFile(configSrc)
 	if err != nil {
@@ -57,7 +62,7 @@ func buildPackages(version string, arches []string, configSrc string) (*pkgSet, 
 	s := &pkgSet{Version: version, Dir: dir, Config: cfg,
 		Bins: map[string]string{}, Debs: map[string]string{}, RPMs: map[string]string{}}
 	for _, a := range pkgArches {
-		if !contains(arches, a.deb) {
+		if !slices.Contains(arches, a.deb) {
 			continue
 		}
 		s.Bins[a.deb] = filepath.Join(bindir, "outpost-linux-"+a.deb)
@@ -65,26 +70,17 @@ func buildPackages(version string, arches []string, configSrc string) (*pkgSet, 
 		s.RPMs[a.deb] = filepath.Join(dir, fmt.Sprintf("outpost-%s-1.%s.rpm", version, a.rpm))
 		for _, f := range []string{s.Bins[a.deb], s.Debs[a.deb], s.RPMs[a.deb]} {
 			if _, err := os.Stat(f); err != nil {
-				return nil, fmt.Errorf("make packages did not produce %s: %v\n%s", f, err, out)
+				return nil, fmt.Errorf("make packages did not produce %s: %v\n%s", f, err, res)
 			}
 		}
 	}
-	fmt.Fprintf(os.Stderr, "packaging: make packages VERSION=%s (%s) took %s\n", version, strings.Join(arches, ","), time.Since(start).Round(100*time.Millisecond))
+	fmt.Fprintf(os.Stderr, "packaging: make packages VERSION=%s (%s) took %s\n", version, strings.Join(arches, ","), res.Elapsed.Round(100*time.Millisecond))
 	return s, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // v1 is 0.0.1 for amd64 and arm64 with the real packaging/config.yaml.
 var v1 = sync.OnceValues(func() (*pkgSet, error) {
-	r, err := repoRoot()
+	r, err := moduleRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +93,7 @@ var v2 = sync.OnceValues(func() (*pkgSet, error) {
 	if _, err := v1(); err != nil { // sequential: share the build cache, not the CPU
 		return nil, err
 	}
-	r, err := repoRoot()
+	r, err := moduleRoot()
 	if err != nil {
 		return nil, err
 	}

@@ -3,11 +3,12 @@ package packaging
 import (
 	"debug/elf"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // TestArm64PullThroughQemu runs the static linux/arm64 binary that goes into
@@ -19,56 +20,43 @@ import (
 func TestArm64PullThroughQemu(t *testing.T) {
 	t.Parallel()
 	qemu := requireTool(t, "qemu-aarch64-static")
-	requireTool(t, "registry")
+	testenv.RequireRegistry(t)
 	s := requirePackages(t, v1)
 	bin := s.Bins["arm64"]
 	if m, static := elfInfo(t, bin); m != elf.EM_AARCH64 || !static {
 		t.Fatalf("%s: machine %v static=%v, want EM_AARCH64 static", bin, m, static)
 	}
 
-	out := mustRun(t, time.Minute, testEnv(), qemu, bin, "version")
+	res := testenv.MustRun(t, time.Minute, testenv.Env(), qemu, bin, "version")
+	out := string(res.Stdout) + string(res.Stderr) // nothing may come before the version line
 	if want := fmt.Sprintf("outpost %s (commit pkgtest, ", s.Version); !strings.HasPrefix(out, want) || !strings.Contains(out, "linux/arm64") {
 		t.Fatalf("qemu-aarch64-static %s version = %q, want %q… linux/arm64", bin, out, want)
 	}
 
 	dir := t.TempDir()
-	reg, upstream := startRegistry(t, filepath.Join(dir, "upstream"))
-	digest := pushRandomImage(t, upstream, "edge/app", "v1")
+	reg := testenv.StartRegistry(t, filepath.Join(dir, "upstream"), testenv.RegistryOptions{})
+	digest := pushRandomImage(t, reg.Addr, "edge/app", "v1")
 
-	addr, admin := freeAddr(t), freeAddr(t)
-	cfg := fmt.Sprintf(`http:
-  address: %s
-admin:
-  address: %s
-storage:
-  root: %s
-log:
-  level: info
-  format: json
-upstreams:
-  - name: registry.test
-    urls: [http://%s]
-    default: true
-    insecure: true
-    tagTTL: 5m
-`, addr, admin, filepath.Join(dir, "store"), upstream)
+	// testenv renders the config; the admin listener (for /healthz) is added.
+	addr, admin := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	cfg := testenv.OutpostConfig{
+		Addr:      addr,
+		Root:      filepath.Join(dir, "store"),
+		Level:     "info",
+		Upstreams: []testenv.Upstream{{Name: "registry.test", URL: reg.URL(""), Default: true, TagTTL: "5m"}},
+	}.YAML() + "admin:\n  address: " + admin + "\n"
 	cfgPath := filepath.Join(dir, "outpost.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := startProc(t, "outpost-arm64", filepath.Join(dir, "outpost.log"), testEnv(), qemu, bin, "serve", "--config", cfgPath)
-	waitHTTP(t, p, "http://"+addr+"/v2/", 60*time.Second)
-	waitHTTP(t, p, "http://"+admin+"/healthz", 10*time.Second)
+	testenv.WriteFile(t, cfgPath, cfg)
+	p := testenv.Start(t, "outpost (arm64)", filepath.Join(dir, "outpost.log"), testenv.Env(), qemu, bin, "serve", "--config", cfgPath)
+	waitServing(t, p, addr, admin, 60*time.Second) // emulated: slower to start
 
 	start := time.Now()
 	n := pullVerify(t, "http://"+addr, "edge/app", "v1", digest)
 	t.Logf("pulled edge/app:v1 (%s, %d blob bytes) through the arm64 binary under qemu in %s", digest, n, time.Since(start).Round(time.Millisecond))
 
 	// The same image by digest from the cache alone.
-	reg.stop()
+	reg.Stop()
 	pullVerify(t, "http://"+addr, "edge/app", digest, digest)
 
-	if err := p.stop(); err != nil {
-		t.Errorf("outpost (arm64) did not exit cleanly on SIGTERM: %v\n%s", err, tail(p.log, 20))
-	}
+	stopCleanly(t, p)
 }

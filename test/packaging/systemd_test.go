@@ -8,17 +8,19 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
-// verifyUnit runs `systemd-analyze verify` on the unit at unitPath (absolute
-// inside stage) with --root=stage, in a private mount namespace with a tmpfs
-// on /run (systemd-analyze writes /run/systemd/systemd-units-load otherwise),
-// and returns its combined output.
-func verifyUnit(t *testing.T, stage, unitPath string) (string, error) {
-	t.Helper()
-	return runCmd(2*time.Minute, "", testEnv(), "unshare", "--mount", "--propagation", "private", "sh", "-c",
-		`mount -t tmpfs -o mode=0755 tmpfs /run && exec systemd-analyze verify --root="$1" "$2"`,
-		"sh", stage, unitPath)
+// verifyUnit runs `systemd-analyze verify` (the binary analyze) on the unit
+// at unitPath (absolute inside stage) with --root=stage, in a private mount
+// namespace with a tmpfs on /run (systemd-analyze writes
+// /run/systemd/systemd-units-load otherwise), and returns all it printed.
+func verifyUnit(unshare, analyze, stage, unitPath string) (string, error) {
+	res := testenv.Run(2*time.Minute, testenv.Env(), unshare, "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t tmpfs -o mode=0755 tmpfs /run && exec "$1" verify --root="$2" "$3"`,
+		"sh", analyze, stage, unitPath)
+	return string(res.Stdout) + string(res.Stderr), res.Err
 }
 
 // TestSystemdUnitVerify unpacks the amd64 .deb into a stage root, adds the
@@ -29,26 +31,27 @@ func verifyUnit(t *testing.T, stage, unitPath string) (string, error) {
 // unit is also checked for the hardening the issue asks for.
 func TestSystemdUnitVerify(t *testing.T) {
 	t.Parallel()
-	requireRoot(t) // unshare -m and mount
-	requireTool(t, "systemd-analyze")
-	requireTool(t, "unshare")
-	requireTool(t, "dpkg-deb")
+	testenv.RequireRoot(t) // unshare -m and mount
+	analyze := requireTool(t, "systemd-analyze")
+	unshare := requireTool(t, "unshare")
+	dpkgDeb := requireTool(t, "dpkg-deb")
 	s := requirePackages(t, v1)
 
 	stage := t.TempDir()
-	mustRun(t, time.Minute, testEnv(), "dpkg-deb", "-x", s.Debs["amd64"], stage)
-	mustRun(t, time.Minute, testEnv(), "cp", "-an", "/lib/systemd/system/.", filepath.Join(stage, "lib/systemd/system")+"/")
+	env := testenv.Env()
+	testenv.MustRun(t, time.Minute, env, dpkgDeb, "-x", s.Debs["amd64"], stage)
+	testenv.MustRun(t, time.Minute, env, "cp", "-an", "/lib/systemd/system/.", filepath.Join(stage, "lib/systemd/system")+"/")
 	kill, err := filepath.EvalSymlinks("/bin/kill")
 	if err != nil {
-		missing(t, "/bin/kill: %v", err)
+		testenv.Missing(t, "/bin/kill: %v", err)
 	}
 	if err := os.MkdirAll(filepath.Join(stage, "bin"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mustRun(t, time.Minute, testEnv(), "cp", kill, filepath.Join(stage, "bin/kill"))
+	testenv.MustRun(t, time.Minute, env, "cp", kill, filepath.Join(stage, "bin/kill"))
 
 	const unit = "/lib/systemd/system/outpost.service"
-	out, err := verifyUnit(t, stage, unit)
+	out, err := verifyUnit(unshare, analyze, stage, unit)
 	if err != nil || out != "" {
 		t.Errorf("systemd-analyze verify %s: err=%v, output (must be empty):\n%s", unit, err, out)
 	}
@@ -60,7 +63,7 @@ func TestSystemdUnitVerify(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(stage, brokenUnit), broken, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, _ := verifyUnit(t, stage, brokenUnit); !strings.Contains(out, "LimitNOFILES") {
+	if out, _ := verifyUnit(unshare, analyze, stage, brokenUnit); !strings.Contains(out, "LimitNOFILES") {
 		t.Errorf("negative control: verify of a unit with an unknown key printed %q", out)
 	}
 
