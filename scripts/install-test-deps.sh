@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the external programs the end-to-end tests (test/e2e) drive:
-#   skopeo, containerd + ctr   from apt (Debian/Ubuntu), needs root
+#   skopeo, containerd + ctr, podman, docker.io (dockerd)   from apt (Debian/Ubuntu), needs root
 #   registry (CNCF distribution v3) and crane   with `go install` into $(go env GOBIN or GOPATH)/bin
 # Idempotent: anything already present at the right version is left alone, and
 # `apt-get update` only runs when an apt package is missing.
@@ -28,16 +28,34 @@ command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 if ! command -v containerd >/dev/null 2>&1 || ! command -v ctr >/dev/null 2>&1; then
 	missing+=(containerd)
 fi
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+# dockerd lives in /usr/sbin, off a normal user's PATH.
+if ! command -v dockerd >/dev/null 2>&1 && [ ! -x /usr/sbin/dockerd ]; then
+	missing+=(docker.io)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
 	if ! command -v apt-get >/dev/null 2>&1; then
 		log "apt-get not found: install ${missing[*]} by other means"
 		exit 1
 	fi
+	# The tests start their own dockerd and containerd with private
+	# directories; the packages' maintainer scripts must not start the system
+	# services. policy-rc.d exiting 101 forbids that (unless the host has one).
+	created_policy=0
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+		as_root chmod 755 /usr/sbin/policy-rc.d
+		created_policy=1
+	fi
+	remove_policy() { if [ "$created_policy" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; fi; }
+	trap remove_policy EXIT
 	log "apt-get install ${missing[*]}"
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+	remove_policy
+	trap - EXIT
 else
-	log "skopeo, containerd and ctr present"
+	log "skopeo, containerd, ctr, podman and dockerd present"
 fi
 
 # --- Go tools -----------------------------------------------------------------
