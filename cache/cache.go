@@ -39,6 +39,8 @@ type Upstream interface {
 	Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error)
 	// Tags lists the repository's tags upstream.
 	Tags(ctx context.Context, repo string) ([]string, error)
+	// Referrers lists the manifests upstream whose subject is d.
+	Referrers(ctx context.Context, repo string, d v1.Hash) ([]v1.Descriptor, error)
 }
 
 // UpstreamOptions is one configured upstream.

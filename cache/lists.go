@@ -32,9 +32,9 @@ func (c *Cache) catalog(ctx *fasthttp.RequestCtx) error {
 	}{page})
 }
 
-// tagsTimeout bounds asking upstream for its tag list; offline, the cached
-// tags are the answer.
-const tagsTimeout = 5 * time.Second
+// listTimeout bounds asking upstream for a tag or referrers list; offline,
+// what the cache holds is the answer.
+const listTimeout = 5 * time.Second
 
 // tags lists a repository's tags: upstream's merged with the cached ones
 // when upstream answers, the cached ones when it does not.
@@ -45,7 +45,7 @@ func (c *Cache) tags(ctx *fasthttp.RequestCtx, r route) error {
 	}
 	known := len(tags) > 0 || c.store.HasRepository(r.key)
 	if !r.up.Down() {
-		upCtx, cancel := context.WithTimeout(c.ctx, tagsTimeout)
+		upCtx, cancel := context.WithTimeout(c.ctx, listTimeout)
 		remote, err := r.up.Tags(upCtx, r.repo)
 		cancel()
 		switch {
@@ -104,13 +104,23 @@ func paginate(ctx *fasthttp.RequestCtx, all []string) ([]string, error) {
 	return page, nil
 }
 
-// referrers answers the referrers API from the manifests the cache holds
-// whose subject is the digest asked for.
+// referrers answers the referrers API: what upstream lists, merged with the
+// referrers the cache holds (all that is known offline, or from a registry
+// without the API).
 func (c *Cache) referrers(ctx *fasthttp.RequestCtx, r route) error {
 	d, _ := v1.NewHash(r.ref)
 	descs, err := c.store.Referrers(r.key, d)
 	if err != nil {
 		return err
+	}
+	if !r.up.Down() {
+		upCtx, cancel := context.WithTimeout(c.ctx, listTimeout)
+		remote, err := r.up.Referrers(upCtx, r.repo, d)
+		cancel()
+		if err != nil && !isNotFound(err) {
+			c.log.Warn("serving cached referrers", "repo", r.key, "err", err)
+		}
+		descs = mergeDescriptors(descs, remote)
 	}
 	if want := string(ctx.QueryArgs().Peek("artifactType")); want != "" {
 		kept := descs[:0]
@@ -130,6 +140,21 @@ func (c *Cache) referrers(ctx *fasthttp.RequestCtx, r route) error {
 	}
 	ctx.SetContentType(string(types.OCIImageIndex))
 	return nil
+}
+
+// mergeDescriptors appends the descriptors of b that a lacks (by digest).
+func mergeDescriptors(a, b []v1.Descriptor) []v1.Descriptor {
+	seen := map[v1.Hash]bool{}
+	for _, d := range a {
+		seen[d.Digest] = true
+	}
+	for _, d := range b {
+		if !seen[d.Digest] {
+			seen[d.Digest] = true
+			a = append(a, d)
+		}
+	}
+	return a
 }
 
 func writeJSON(ctx *fasthttp.RequestCtx, v any) error {

@@ -139,6 +139,11 @@ func (c *Cache) revalidate(r route, cached store.Tag) (any, error) {
 	}
 }
 
+func isNotFound(err error) bool {
+	var ue upstreamError
+	return errors.As(err, &ue) && ue.NotFound()
+}
+
 func isUnavailable(err error) bool {
 	var ue upstreamError
 	return errors.As(err, &ue) && ue.Unavailable()

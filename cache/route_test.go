@@ -27,6 +27,9 @@ func (namedUpstream) Blob(context.Context, string, v1.Hash, int64) (io.ReadClose
 func (namedUpstream) Tags(context.Context, string) ([]string, error) {
 	panic("routing test does not fetch")
 }
+func (namedUpstream) Referrers(context.Context, string, v1.Hash) ([]v1.Descriptor, error) {
+	panic("routing test does not fetch")
+}
 
 func TestParseRoute(t *testing.T) {
 	s, err := store.Open(t.TempDir(), store.Options{})

@@ -198,3 +198,23 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	b.counter.Add(float64(n))
 	return n, err
 }
+
+// Referrers lists the manifests upstream knows whose subject is d (the OCI
+// 1.1 referrers API). A registry without that API answers 404, which comes
+// back as an *Error whose NotFound is true.
+func (u *Upstream) Referrers(ctx context.Context, repo string, d v1.Hash) ([]v1.Descriptor, error) {
+	resp, err := u.do(ctx, "referrers", http.MethodGet, repo, "/referrers/"+d.String(),
+		http.Header{"Accept": {string(types.OCIImageIndex)}})
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, u.responseError("referrers", resp)
+	}
+	defer resp.Body.Close()
+	index, err := v1.ParseIndexManifest(io.LimitReader(resp.Body, maxManifestSize))
+	if err != nil {
+		return nil, &Error{Upstream: u.opts.Name, Op: "referrers", Err: err}
+	}
+	return index.Manifests, nil
+}

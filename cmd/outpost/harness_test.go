@@ -55,7 +55,7 @@ type upstream struct {
 func newUpstream(t *testing.T) *upstream {
 	t.Helper()
 	u := &upstream{t: t, counts: map[string]int{}, hung: make(chan struct{})}
-	reg := registry.New(registry.Logger(nopLogger()))
+	reg := registry.New(registry.Logger(nopLogger()), registry.WithReferrersSupport(true))
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.count(r)
 		var h http.Handler = reg

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -358,4 +359,39 @@ func TestClientDisconnectKeepsDownload(t *testing.T) {
 	}
 	o.stop()
 	checkStore(t, o.root)
+}
+
+// The referrers API lists upstream's referrers while it answers, and the
+// cached ones offline; artifactType filters.
+func TestReferrers(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 100, 1)
+	subject := up.push("acme/app", "1", img)
+	mt, _ := img.MediaType()
+	size, _ := img.Size()
+	sig := mutate.ConfigMediaType(mutate.MediaType(randomImage(t, 50, 1), types.OCIManifestSchema1), "application/vnd.example.sig")
+	sigged := mutate.Subject(sig, v1.Descriptor{MediaType: mt, Size: size, Digest: subject}).(v1.Image)
+	sigDigest := up.push("acme/app", "sig", sigged)
+	o := startOutpost(t, config(up, "1h"), "")
+
+	referrers := func(query string) (int, v1.IndexManifest, http.Header) {
+		status, h, body := o.get(t, http.MethodGet, "/v2/acme/app/referrers/"+subject.String()+query)
+		var index v1.IndexManifest
+		json.Unmarshal(body, &index)
+		return status, index, h
+	}
+	status, index, h := referrers("")
+	if status != 200 || len(index.Manifests) != 1 || index.Manifests[0].Digest != sigDigest ||
+		h.Get("Content-Type") != string(types.OCIImageIndex) {
+		t.Fatalf("online referrers: %d %+v %v", status, index, h)
+	}
+	if _, index, h = referrers("?artifactType=other"); len(index.Manifests) != 0 || h.Get("OCI-Filters-Applied") != "artifactType" {
+		t.Errorf("filtered: %+v %v", index, h)
+	}
+	// Pull the signature once, then go offline: it is still listed.
+	o.get(t, http.MethodGet, "/v2/acme/app/manifests/"+sigDigest.String())
+	up.srv.Close()
+	if status, index, _ = referrers("?artifactType=application/vnd.example.sig"); status != 200 || len(index.Manifests) != 1 {
+		t.Errorf("offline referrers: %d %+v", status, index)
+	}
 }
