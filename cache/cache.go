@@ -62,6 +62,7 @@ type Options struct {
 
 type upstream struct {
 	Upstream
+	name   string // canonical registry name: docker.io for any of its aliases
 	tagTTL time.Duration
 }
 
@@ -121,8 +122,8 @@ func (t *upstreamTable) fallback() *upstream { return t.byName[t.defaultName] }
 func (c *Cache) SetUpstreams(ups []UpstreamOptions) error {
 	t := &upstreamTable{byName: map[string]*upstream{}}
 	for _, o := range ups {
-		u := &upstream{Upstream: o.Upstream, tagTTL: o.TagTTL}
-		name := canonicalHost(u.Name())
+		name := canonicalHost(o.Upstream.Name())
+		u := &upstream{Upstream: o.Upstream, name: name, tagTTL: o.TagTTL}
 		if t.byName[name] != nil {
 			return fmt.Errorf("cache: upstream %s configured twice", name)
 		}
@@ -136,9 +137,11 @@ func (c *Cache) SetUpstreams(ups []UpstreamOptions) error {
 }
 
 // Close stops fills in flight (their partial data is discarded) and waits
-// for them.
+// for them. Taking fillsMu orders it after any joinFill that got in first.
 func (c *Cache) Close() {
+	c.fillsMu.Lock()
 	c.cancel()
+	c.fillsMu.Unlock()
 	c.work.Wait()
 }
 
@@ -169,10 +172,35 @@ func (c *Cache) Serve(ctx context.Context, ln net.Listener) error {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return srv.ShutdownWithContext(shutdownCtx)
+		return c.shutdown(srv)
 	}
+}
+
+// Grace periods of a shutdown: for responses in flight, then for the
+// connections cut by stopping the downloads they stream from.
+const (
+	shutdownGrace = 10 * time.Second
+	shutdownCut   = 2 * time.Second
+)
+
+// shutdown stops accepting and lets responses in flight finish. Those still
+// streaming a download after the grace period are cut cleanly by stopping
+// the downloads (whose partial data is discarded); that is the expected end
+// of a stop, not an error.
+func (c *Cache) shutdown(srv *fasthttp.Server) error {
+	grace, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.ShutdownWithContext(grace); err == nil {
+		return nil
+	}
+	c.log.Warn("responses still in flight after the grace period; stopping their downloads", "grace", shutdownGrace)
+	c.Close()
+	cut, cancelCut := context.WithTimeout(context.Background(), shutdownCut)
+	defer cancelCut()
+	if err := srv.ShutdownWithContext(cut); err != nil {
+		c.log.Warn("connections left open at shutdown", "err", err)
+	}
+	return nil
 }
 
 // outcome says how a request was served, for the access log.
@@ -197,6 +225,9 @@ func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
 			c.log.Error("request failed", "id", ctx.ID(), "path", string(ctx.Path()), "err", err)
 		}
 		ctx.Response.ResetBody()
+		for _, h := range []string{"Cache-Control", "Etag", "Docker-Content-Digest", "Accept-Ranges"} {
+			ctx.Response.Header.Del(h) // set for a success that did not happen
+		}
 		ctx.SetStatusCode(re.Status)
 		ctx.SetContentType("application/json")
 		ctx.SetBody(re.body())

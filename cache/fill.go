@@ -2,8 +2,8 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"io"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -15,9 +15,9 @@ import (
 )
 
 const (
-	fillChunk       = 256 << 10
-	fillResumes     = 5                // how often a broken upstream body is resumed with Range
-	fillIdleTimeout = 60 * time.Second // an upstream body without progress this long is broken
+	fillChunk         = 256 << 10
+	fillResumes       = 5                // how often a broken upstream body is resumed with Range
+	fillHeaderTimeout = 20 * time.Second // for upstream's response headers, retries included
 )
 
 // fill is one upstream download of a blob, shared by every client that asks
@@ -33,7 +33,8 @@ type fill struct {
 	size     int64    // total size, -1 if upstream did not say
 	written  int64    // bytes in the part file
 	file     *os.File // read handle on the part file, shared by readers (ReadAt)
-	refs     int      // holders of file: the downloader and each reader
+	refs     int      // holders of file: the downloader (while downloading) and each reader
+	ownRef   bool     // the downloader still holds its ref
 	verified bool     // the digest check passed: the last byte may go out
 	finished bool
 	err      error
@@ -42,9 +43,13 @@ type fill struct {
 func (f *fill) finish(err error) {
 	f.mu.Lock()
 	f.finished, f.err = true, err
+	owned := f.ownRef
+	f.ownRef = false
 	f.cond.Broadcast()
 	f.mu.Unlock()
-	f.release()
+	if owned {
+		f.release()
+	}
 }
 
 func (f *fill) release() {
@@ -62,7 +67,10 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 	if r.up.Down() {
 		return notCachedOffline(transport.BlobUnknownErrorCode, "upstream %s is down", r.up.Name())
 	}
-	f := c.joinFill(r, d)
+	f, err := c.joinFill(r, d)
+	if err != nil {
+		return err
+	}
 	if f == nil { // stored since we looked
 		blob, n, err := c.store.Blob(d)
 		if err != nil {
@@ -111,23 +119,26 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 // joinFill returns the fill for d, starting it if none runs, or nil if the
 // blob was stored meanwhile. Fills leave the map only after their commit,
 // so looking at the store under the lock rules out a second download.
-func (c *Cache) joinFill(r route, d v1.Hash) *fill {
+func (c *Cache) joinFill(r route, d v1.Hash) (*fill, error) {
 	c.fillsMu.Lock()
 	defer c.fillsMu.Unlock()
 	if f := c.fills[d.String()]; f != nil {
 		c.metrics.fillWaiters.Inc()
-		return f
+		return f, nil
 	}
 	if c.store.HasBlob(d) {
-		return nil
+		return nil, nil
 	}
-	f := &fill{digest: d, ready: make(chan struct{}), size: -1, refs: 1}
+	if c.ctx.Err() != nil { // Close has begun: no new downloads
+		return nil, newError(http.StatusServiceUnavailable, transport.UnavailableErrorCode, "shutting down")
+	}
+	f := &fill{digest: d, ready: make(chan struct{}), size: -1}
 	f.cond = sync.NewCond(&f.mu)
 	c.fills[d.String()] = f
 	c.work.Add(1)
 	c.metrics.fillsInFlight.Inc()
 	go c.runFill(f, r)
-	return f
+	return f, nil
 }
 
 func (c *Cache) runFill(f *fill, r route) {
@@ -156,7 +167,7 @@ func (c *Cache) runFill(f *fill, r route) {
 // download fetches the blob into a session and commits it after the digest
 // and size check. It runs on the cache's context, not a client's.
 func (c *Cache) download(f *fill, r route) error {
-	body, size, err := r.up.Blob(c.ctx, r.repo, f.digest, 0)
+	body, size, err := c.openBlob(r, f.digest, 0)
 	if err != nil {
 		return err
 	}
@@ -176,14 +187,14 @@ func (c *Cache) download(f *fill, r route) error {
 		return err
 	}
 	f.mu.Lock()
-	f.size, f.file, f.refs = size, rf, f.refs+1 // the extra ref is dropped in finish
+	f.size, f.file, f.refs, f.ownRef = size, rf, 1, true // finish drops the downloader's ref
 	f.mu.Unlock()
 	close(f.ready)
 
 	buf := make([]byte, fillChunk)
 	resumes := 0
 	for {
-		n, rerr := readWithIdleTimeout(body, buf, fillIdleTimeout)
+		n, rerr := body.Read(buf) // the upstream bounds idle time
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
 				w.Discard()
@@ -205,7 +216,7 @@ func (c *Cache) download(f *fill, r route) error {
 			resumes++
 			body.Close()
 			c.log.Info("resuming blob download", "digest", f.digest, "offset", f.written, "err", rerr)
-			if body, _, err = r.up.Blob(c.ctx, r.repo, f.digest, f.written); err != nil {
+			if body, _, err = c.openBlob(r, f.digest, f.written); err != nil {
 				body = io.NopCloser(nil)
 				w.Discard()
 				return err
@@ -227,15 +238,34 @@ func (c *Cache) download(f *fill, r route) error {
 	return sess.Commit()
 }
 
-// readWithIdleTimeout reads once, closing the body if no byte arrives in
-// time: a dead uplink often drops packets silently instead of resetting.
-func readWithIdleTimeout(body io.ReadCloser, buf []byte, idle time.Duration) (int, error) {
-	timer := time.AfterFunc(idle, func() { body.Close() })
-	n, err := body.Read(buf)
-	if !timer.Stop() && err != nil {
-		err = errors.Join(context.DeadlineExceeded, err)
+// openBlob opens the blob upstream from offset on. Response headers must
+// come within fillHeaderTimeout (a silently dead uplink must not keep
+// waiting clients for minutes); the body then reads until Close, which
+// ends the request's context.
+func (c *Cache) openBlob(r route, d v1.Hash, offset int64) (io.ReadCloser, int64, error) {
+	ctx, cancel := context.WithCancelCause(c.ctx)
+	timer := time.AfterFunc(fillHeaderTimeout, func() { cancel(context.DeadlineExceeded) })
+	body, size, err := r.up.Blob(ctx, r.repo, d, offset)
+	if !timer.Stop() && err == nil { // headers came, but too late: the context is gone
+		body.Close()
+		err = context.DeadlineExceeded
 	}
-	return n, err
+	if err != nil {
+		cancel(nil)
+		return nil, 0, err
+	}
+	return &closeCancels{ReadCloser: body, cancel: cancel}, size, nil
+}
+
+type closeCancels struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (b *closeCancels) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
 }
 
 // wait blocks until the fill has finished and returns its outcome.

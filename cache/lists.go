@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/url"
 	"slices"
 	"sort"
 	"strconv"
@@ -93,8 +92,12 @@ func paginate(ctx *fasthttp.RequestCtx, all []string) ([]string, error) {
 		if n < len(all) {
 			page = all[:n]
 			if n > 0 {
-				next := url.Values{"n": {strconv.Itoa(n)}, "last": {page[n-1]}}
-				ctx.Response.Header.Set("Link", "<"+string(ctx.Path())+"?"+next.Encode()+`>; rel="next"`)
+				// The next page keeps the request's other parameters (ns=).
+				var next fasthttp.Args
+				args.CopyTo(&next)
+				next.Set("n", strconv.Itoa(n))
+				next.Set("last", page[n-1])
+				ctx.Response.Header.Set("Link", "<"+string(ctx.Path())+"?"+next.String()+`>; rel="next"`)
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +25,10 @@ func (c *Cache) manifest(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 		err error
 	)
 	if strings.Contains(r.ref, ":") {
-		d, _ = v1.NewHash(r.ref) // validated by the route
+		d, _ = v1.NewHash(r.ref)     // validated by the route
+		if d.Algorithm != "sha256" { // manifests are verified and stored by sha256
+			return outcomeNone, newError(http.StatusNotFound, transport.ManifestUnknownErrorCode, "only sha256 manifest digests are served")
+		}
 		out, err = c.manifestByDigest(r, d)
 	} else {
 		d, out, err = c.resolveTag(r)

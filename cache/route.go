@@ -100,7 +100,7 @@ func (c *Cache) resolveName(r *route, parts []string, ns string) error {
 		if r.up == nil {
 			return newError(http.StatusNotFound, transport.NameUnknownErrorCode, "registry %q is not configured on this Outpost", ns)
 		}
-		if len(parts) > 1 && first == r.up.Name() {
+		if len(parts) > 1 && first == r.up.name {
 			parts = parts[1:]
 		}
 	case len(parts) > 1 && table.lookup(first) != nil:
@@ -112,10 +112,10 @@ func (c *Cache) resolveName(r *route, parts []string, ns string) error {
 		}
 	}
 	r.repo = strings.Join(parts, "/")
-	if r.up.Name() == "docker.io" && len(parts) == 1 {
+	if r.up.name == "docker.io" && len(parts) == 1 {
 		r.repo = "library/" + r.repo
 	}
-	r.key = r.up.Name() + "/" + r.repo
+	r.key = r.up.name + "/" + r.repo
 	if len(r.key) > maxNameLength || !repoPattern.MatchString(r.repo) {
 		return newError(http.StatusBadRequest, transport.NameInvalidErrorCode, "invalid repository name %q", r.name)
 	}

@@ -63,8 +63,9 @@ func isFailure(ctx context.Context, err error) bool {
 		return false
 	}
 	if ue.Status == 0 {
-		// A cancelled caller is not the upstream's fault; a deadline is.
-		return ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded)
+		// A cancelled caller is not the upstream's fault; a deadline is
+		// (also one the caller enforces by cancelling with that cause).
+		return ctx.Err() == nil || errors.Is(context.Cause(ctx), context.DeadlineExceeded)
 	}
 	return ue.Status >= 500 || ue.Status == http.StatusTooManyRequests
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -88,15 +89,16 @@ func (u *Upstream) Blob(ctx context.Context, repo string, d v1.Hash, offset int6
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK:
+		body := u.blobBody(resp.Body)
 		if offset > 0 { // upstream ignored Range: skip what we have
-			if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
-				resp.Body.Close()
+			if _, err := io.CopyN(io.Discard, body, offset); err != nil {
+				body.Close()
 				return nil, 0, &Error{Upstream: u.opts.Name, Op: "blob", Err: err}
 			}
 		}
-		return u.counted(resp.Body), resp.ContentLength, nil
+		return body, resp.ContentLength, nil
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
-		return u.counted(resp.Body), contentRangeTotal(resp.Header.Get("Content-Range")), nil
+		return u.blobBody(resp.Body), contentRangeTotal(resp.Header.Get("Content-Range")), nil
 	}
 	return nil, 0, u.responseError("blob", resp)
 }
@@ -183,18 +185,31 @@ func nextQuery(link string) string {
 	return q
 }
 
-// counted counts a blob body's bytes as fetched from upstream.
-func (u *Upstream) counted(body io.ReadCloser) io.ReadCloser {
-	return &countingBody{ReadCloser: body, counter: u.opts.Metrics.fetchedBytes.WithLabelValues(u.opts.Name)}
+// blobBody wraps a blob body: it counts bytes as fetched from upstream,
+// and closes the body when a read waits longer than the idle timeout, since
+// a dead uplink often drops packets silently instead of resetting. The
+// caller's next read then fails, and it can resume with Range.
+func (u *Upstream) blobBody(body io.ReadCloser) io.ReadCloser {
+	b := &blobBody{ReadCloser: body, idle: u.opts.BodyIdleTimeout,
+		counter: u.opts.Metrics.fetchedBytes.WithLabelValues(u.opts.Name)}
+	b.timer = time.AfterFunc(b.idle, func() { body.Close() })
+	b.timer.Stop()
+	return b
 }
 
-type countingBody struct {
+type blobBody struct {
 	io.ReadCloser
+	idle    time.Duration
+	timer   *time.Timer
 	counter interface{ Add(float64) }
 }
 
-func (b *countingBody) Read(p []byte) (int, error) {
+func (b *blobBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.idle)
 	n, err := b.ReadCloser.Read(p)
+	if !b.timer.Stop() && err != nil {
+		err = fmt.Errorf("no data for %v: %w", b.idle, err)
+	}
 	b.counter.Add(float64(n))
 	return n, err
 }

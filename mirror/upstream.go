@@ -39,6 +39,7 @@ type Options struct {
 	RetryWaitMax      time.Duration // also the longest Retry-After honoured, default 3s
 	DownAfter         int           // consecutive failures before marked down, default 2
 	ProbeInterval     time.Duration // how often a down upstream is probed, default 5s
+	BodyIdleTimeout   time.Duration // a blob body silent this long is broken, default 60s
 	UserAgent         string
 	Logger            *slog.Logger
 	Metrics           *Metrics // shared by all upstreams; nil: not exported
@@ -54,6 +55,7 @@ func (o *Options) setDefaults() {
 	def(&o.RetryWaitMin, 100*time.Millisecond)
 	def(&o.RetryWaitMax, 3*time.Second)
 	def(&o.ProbeInterval, 5*time.Second)
+	def(&o.BodyIdleTimeout, 60*time.Second)
 	if o.RetryMax <= 0 {
 		o.RetryMax = 2
 	}

@@ -19,18 +19,19 @@ const (
 type accessLog struct {
 	mu      sync.Mutex
 	pending map[string]int64 // digest → unix seconds, rounded down to the hour
-	written sync.Map         // digest → last hour written, to skip rewrites
+	noted   sync.Map         // v1.Hash → the hour last queued, to skip repeats
 }
 
-// Touch notes that content d was read now.
+// Touch notes that content d was read now. After the first read of an hour
+// it costs one map look-up, no lock.
 func (s *Store) Touch(d v1.Hash) {
 	hour := s.now().Truncate(accessResolution).Unix()
-	key := d.String()
-	if last, ok := s.access.written.Load(key); ok && last.(int64) == hour {
+	if last, ok := s.access.noted.Load(d); ok && last.(int64) == hour {
 		return
 	}
+	s.access.noted.Store(d, hour)
 	s.access.mu.Lock()
-	s.access.pending[key] = hour
+	s.access.pending[d.String()] = hour
 	s.access.mu.Unlock()
 }
 
@@ -63,8 +64,16 @@ func (s *Store) flushAccess() error {
 		if err := wb.Set(accessKey(digest), []byte(strconv.FormatInt(hour, 10))); err != nil {
 			return err
 		}
-		s.access.written.Store(digest, hour)
 	}
+	// Forget digests not read this hour, so the map stays as small as the
+	// working set.
+	current := s.now().Truncate(accessResolution).Unix()
+	s.access.noted.Range(func(k, v any) bool {
+		if v.(int64) < current {
+			s.access.noted.Delete(k)
+		}
+		return true
+	})
 	return wb.Flush()
 }
 

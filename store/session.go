@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -243,22 +244,41 @@ func (ss *Session) Commit() error {
 	for digest, part := range ss.files {
 		d, _ := v1.NewHash(digest)
 		dst := ss.s.blobPath(d)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		created, err := makeDirs(filepath.Dir(dst))
+		if err != nil {
 			return fmt.Errorf("store: commit: %w", err)
 		}
 		if err := os.Rename(part, dst); err != nil {
 			return fmt.Errorf("store: commit: %w", err)
 		}
 		dirs[filepath.Dir(dst)] = true
+		for _, dir := range created { // a new directory's entry lives in its parent
+			dirs[filepath.Dir(dir)] = true
+		}
 	}
 	for dir := range dirs {
 		if err := syncDirectory(dir); err != nil {
 			return fmt.Errorf("store: commit: %w", err)
 		}
 	}
-	var added, addedBytes int64
-	err := ss.s.db.Update(func(txn *badger.Txn) error {
-		added, addedBytes = 0, 0 // the closure may run again on a conflict
+	added, addedBytes, err := ss.writeMeta()
+	if err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	ss.s.stats.count.Add(added)
+	ss.s.stats.bytes.Add(addedBytes)
+	return nil
+}
+
+// commitRetries bounds retries of a metadata transaction that lost a
+// conflict. Every write here is idempotent, so a retry is safe.
+const commitRetries = 10
+
+// writeMeta writes the staged metadata in one transaction, retrying on
+// conflicts. It returns how much new content it recorded.
+func (ss *Session) writeMeta() (added, addedBytes int64, err error) {
+	err = ss.s.update(func(txn *badger.Txn) error {
+		added, addedBytes = 0, 0 // the closure runs again after a conflict
 		for key, v := range ss.meta {
 			switch m := v.(type) {
 			case blobMeta:
@@ -289,12 +309,36 @@ func (ss *Session) Commit() error {
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("store: commit: %w", err)
+	return added, addedBytes, err
+}
+
+// update runs fn in a read-write transaction. Outpost's own writers take
+// turns (a transaction is well under a millisecond), so they never lose a
+// conflict to each other; a conflict with anything else is retried.
+func (s *Store) update(fn func(*badger.Txn) error) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	var err error
+	for try := range commitRetries {
+		if err = s.db.Update(fn); !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+		time.Sleep(time.Duration(rand.Int64N(int64(try+1) * int64(time.Millisecond))))
 	}
-	ss.s.stats.count.Add(added)
-	ss.s.stats.bytes.Add(addedBytes)
-	return nil
+	return err
+}
+
+// makeDirs is os.MkdirAll that also returns the directories it created, so
+// that their parents can be fsynced.
+func makeDirs(dir string) ([]string, error) {
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		missing = append(missing, d)
+	}
+	return missing, os.MkdirAll(dir, 0o750)
 }
 
 // Abort drops everything staged. It is a no-op after Commit.

@@ -33,10 +33,11 @@ type Store struct {
 	log  *slog.Logger
 	now  func() time.Time
 
-	access accessLog
-	stats  stats
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	access  accessLog
+	stats   stats
+	writeMu sync.Mutex // serializes metadata transactions (see update)
+	stop    chan struct{}
+	wg      sync.WaitGroup
 }
 
 // Open opens (creating if needed) the store under root, sweeps what a crash
@@ -196,7 +197,9 @@ func (s *Store) Manifest(d v1.Hash) (Manifest, error) {
 
 // Blob opens a stored blob (or manifest, which is content too) for reading.
 // The caller closes the file. A file under blobs/ is always complete and
-// verified, so the hot path needs no metadata lookup.
+// verified (it got there by rename after the digest check), so the hot path
+// needs no metadata lookup; one whose metadata a crash or failed commit lost
+// is still correct to serve, and the next Open sweeps it.
 func (s *Store) Blob(d v1.Hash) (*os.File, int64, error) {
 	f, err := os.Open(s.blobPath(d))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -230,7 +233,7 @@ func (s *Store) Tag(repo, tag string) (Tag, error) {
 // ConfirmTag records that upstream confirmed repo:tag → d at the given time.
 // The manifest must already be stored (invariant 3).
 func (s *Store) ConfirmTag(repo, tag string, d v1.Hash, at time.Time) error {
-	return s.db.Update(func(txn *badger.Txn) error {
+	return s.update(func(txn *badger.Txn) error {
 		if _, err := txn.Get(manifestKey(d.String())); err != nil {
 			return fmt.Errorf("store: confirm %s:%s: manifest %s: %w", repo, tag, d, ErrNotFound)
 		}
@@ -240,7 +243,7 @@ func (s *Store) ConfirmTag(repo, tag string, d v1.Hash, at time.Time) error {
 
 // DeleteTag forgets a tag (upstream said it is gone). Content stays.
 func (s *Store) DeleteTag(repo, tag string) error {
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(tagKey(repo, tag)) })
+	return s.update(func(txn *badger.Txn) error { return txn.Delete(tagKey(repo, tag)) })
 }
 
 // Tags lists a repository's tags, sorted.

@@ -3,9 +3,12 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -197,5 +200,50 @@ func TestAccessTimesFlushed(t *testing.T) {
 	defer s.Close()
 	if at, err := s.LastAccess(d); err != nil || at.IsZero() {
 		t.Fatalf("last access after reopen: %v %v", at, err)
+	}
+}
+
+// Concurrent sessions writing the same manifest (two tags of one image, or
+// a tag and a digest) and confirmations of its tag all succeed: a lost
+// transaction conflict is retried, not reported.
+func TestConcurrentCommitsOfOneManifest(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				sess, err := s.Begin(KindFill)
+				if err != nil {
+					errs <- err
+					return
+				}
+				d, err := sess.Manifest("docker.io/acme/app", []byte(manifest), "application/vnd.oci.image.manifest.v1+json")
+				if err == nil {
+					sess.Tag("docker.io/acme/app", fmt.Sprintf("t%d", g), d)
+					err = sess.Commit()
+				}
+				if err == nil {
+					err = s.ConfirmTag("docker.io/acme/app", "t0", d, time.Now())
+				}
+				if err != nil && !errors.Is(err, ErrNotFound) { // t0 may not exist yet
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n, _ := s.Stats(); n != 1 {
+		t.Errorf("store counts %d pieces of content, want 1", n)
+	}
+	if err := s.CheckInvariants(); err != nil {
+		t.Fatal(err)
 	}
 }

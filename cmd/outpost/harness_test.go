@@ -38,6 +38,7 @@ const (
 	faultCorrupt       // flip a byte in every blob body
 	faultSlow          // delay blob bodies so concurrent clients overlap
 	fault503           // answer 503 to everything
+	faultTrickle       // blob bodies at 128 KiB/s: longer than a shutdown's grace period
 )
 
 // upstream is a real in-process registry (go-containerregistry's) behind a
@@ -79,7 +80,11 @@ func newUpstream(t *testing.T) *upstream {
 		case faultSlow:
 			if strings.Contains(r.URL.Path, "/blobs/") && r.Method == http.MethodGet {
 				time.Sleep(300 * time.Millisecond)
-				w = &slowWriter{ResponseWriter: w}
+				w = &slowWriter{ResponseWriter: w, pause: 20 * time.Millisecond}
+			}
+		case faultTrickle:
+			if strings.Contains(r.URL.Path, "/blobs/") && r.Method == http.MethodGet {
+				w = &slowWriter{ResponseWriter: w, pause: 500 * time.Millisecond}
 			}
 		}
 		h.ServeHTTP(w, r)
@@ -156,7 +161,10 @@ func (w *corruptingWriter) Write(p []byte) (int, error) {
 	return w.ResponseWriter.Write(p)
 }
 
-type slowWriter struct{ http.ResponseWriter }
+type slowWriter struct {
+	http.ResponseWriter
+	pause time.Duration // after each 64 KiB
+}
 
 func (w *slowWriter) Write(p []byte) (int, error) {
 	n := 0
@@ -170,7 +178,7 @@ func (w *slowWriter) Write(p []byte) (int, error) {
 		if f, ok := w.ResponseWriter.(http.Flusher); ok {
 			f.Flush()
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(w.pause)
 		p = p[k:]
 	}
 	return n, nil

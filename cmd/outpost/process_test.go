@@ -277,3 +277,44 @@ func TestLogsCarryNoCredentials(t *testing.T) {
 		}
 	}
 }
+
+// SIGTERM while a response streams a download that outlasts the grace
+// period: the download is stopped and discarded, the response cut, and the
+// process still exits 0 (a normal stop for systemd) with a consistent store.
+func TestSIGTERMCutsLongDownloadsAndExitsZero(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out the 10 s shutdown grace period")
+	}
+	up := newUpstream(t)
+	img := randomImage(t, 4<<20, 1)
+	up.push("acme/app", "1", img)
+	layer, _ := img.Layers()
+	d, _ := layer[0].Digest()
+	up.setFault(faultTrickle) // 4 MiB at 128 KiB/s: 32 s
+	p, _ := startProcess(t, config(up, "1h"), "")
+	got := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + p.addr + "/v2/acme/app/blobs/" + d.String())
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		got <- err
+	}()
+	time.Sleep(time.Second)
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("exit after a cut download: %v", err)
+	}
+	if took := time.Since(start); took > 14*time.Second {
+		t.Errorf("stopping took %v", took)
+	}
+	if err := <-got; err == nil {
+		t.Error("the cut response looked complete to the client")
+	}
+	if blobFileExists(p.root, d) {
+		t.Error("a download stopped half way was stored")
+	}
+	checkStore(t, p.root)
+}

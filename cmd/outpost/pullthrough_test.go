@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +69,7 @@ func TestRoutingFormsShareOneEntry(t *testing.T) {
 func TestSecondUpstreamByNsAndPrefix(t *testing.T) {
 	hub, ghcr := newUpstream(t), newUpstream(t)
 	d := ghcr.push("acme/tool", "v1", randomImage(t, 512, 1))
+	ghcr.push("acme/tool", "v2", randomImage(t, 512, 1))
 	o := startOutpost(t, config(hub, "1h")+fmt.Sprintf(`
   - name: ghcr.io
     urls: [%s]
@@ -75,6 +80,11 @@ func TestSecondUpstreamByNsAndPrefix(t *testing.T) {
 		if status != http.StatusOK || h.Get("Docker-Content-Digest") != d.String() {
 			t.Fatalf("GET %s: %d %s", p, status, body)
 		}
+	}
+	// Pagination links keep ns=, or the next page would go to docker.io.
+	_, h, body := o.get(t, http.MethodGet, "/v2/acme/tool/tags/list?ns=ghcr.io&n=1")
+	if string(body) != `{"name":"acme/tool","tags":["v1"]}` || h.Get("Link") != `</v2/acme/tool/tags/list?ns=ghcr.io&n=1&last=v1>; rel="next"` {
+		t.Errorf("paginated tags by ns: %s, Link %q", body, h.Get("Link"))
 	}
 	status, _, body := o.get(t, http.MethodGet, "/v2/acme/tool/manifests/v1?ns=quay.io")
 	if status != http.StatusNotFound || !bytes.Contains(body, []byte("NAME_UNKNOWN")) {
@@ -316,7 +326,7 @@ func TestTagsListPagination(t *testing.T) {
 		if string(body) != want {
 			t.Errorf("tags%s = %s, want %s", q, body, want)
 		}
-		if q == "?n=2" && h.Get("Link") != `</v2/acme/app/tags/list?last=b&n=2>; rel="next"` {
+		if q == "?n=2" && h.Get("Link") != `</v2/acme/app/tags/list?n=2&last=b>; rel="next"` {
 			t.Errorf("Link = %q", h.Get("Link"))
 		}
 	}
@@ -393,5 +403,55 @@ func TestReferrers(t *testing.T) {
 	up.srv.Close()
 	if status, index, _ = referrers("?artifactType=application/vnd.example.sig"); status != 200 || len(index.Manifests) != 1 {
 		t.Errorf("offline referrers: %d %+v", status, index)
+	}
+}
+
+// Every fill lets go of its files: no descriptor stays open on the data
+// directory's content once downloads and responses are done (the GC is off,
+// so a finalizer cannot hide a leak).
+func TestFillsCloseTheirFiles(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	up := newUpstream(t)
+	img := randomImage(t, 20_000, 10)
+	up.push("acme/app", "1", img)
+	o := startOutpost(t, config(up, "1h"), "")
+	layers, _ := img.Layers()
+	for _, l := range layers {
+		d, _ := l.Digest()
+		o.get(t, http.MethodGet, "/v2/acme/app/blobs/"+d.String())
+	}
+	open := func() []string {
+		var paths []string
+		entries, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range entries {
+			p, err := os.Readlink("/proc/self/fd/" + e.Name())
+			if err == nil && (strings.HasPrefix(p, filepath.Join(o.root, "blobs")) || strings.HasPrefix(p, filepath.Join(o.root, ".sync"))) {
+				paths = append(paths, p)
+			}
+		}
+		return paths
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(open()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if paths := open(); len(paths) > 0 {
+		t.Errorf("%d files of the store still open after 10 fills: %v", len(paths), paths)
+	}
+}
+
+// An upstream configured under one of Docker Hub's other names routes and
+// stores exactly like docker.io.
+func TestDockerHubAliasAsUpstreamName(t *testing.T) {
+	up := newUpstream(t)
+	d := up.push("library/alpine", "3", randomImage(t, 100, 1))
+	o := startOutpost(t, strings.Replace(config(up, "1h"), "name: docker.io", "name: index.docker.io", 1), "")
+	for _, p := range []string{"/v2/alpine/manifests/3", "/v2/library/alpine/manifests/3?ns=docker.io", "/v2/docker.io/library/alpine/manifests/3"} {
+		if status, h, body := o.get(t, http.MethodGet, p); status != 200 || h.Get("Docker-Content-Digest") != d.String() {
+			t.Errorf("GET %s: %d %s", p, status, body)
+		}
+	}
+	if _, _, body := o.get(t, http.MethodGet, "/v2/_catalog"); string(body) != `{"repositories":["docker.io/library/alpine"]}` {
+		t.Errorf("catalog: %s", body)
 	}
 }
