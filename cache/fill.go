@@ -111,8 +111,15 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
 		}
 		return c.serveFile(ctx, d, blob, n)
 	}
+	// Count what actually went out: a response cut by a digest mismatch,
+	// a shutdown or a client leaving shows in fill_responses_cut_total.
+	rd.done = func(sent int64) {
+		c.metrics.servedBytes.WithLabelValues("fill").Add(float64(sent))
+		if sent < size {
+			c.metrics.fillsCut.Inc()
+		}
+	}
 	ctx.SetBodyStream(rd, int(size))
-	c.metrics.servedBytes.WithLabelValues("fill").Add(float64(size))
 	return nil
 }
 
@@ -295,6 +302,7 @@ type tailReader struct {
 	f      *fill
 	off    int64
 	closed bool
+	done   func(sent int64) // accounts for what the client received
 }
 
 func (t *tailReader) Read(p []byte) (int, error) {
@@ -336,6 +344,9 @@ func (t *tailReader) Close() error {
 	if !t.closed {
 		t.closed = true
 		t.f.release()
+		if t.done != nil {
+			t.done(t.off)
+		}
 	}
 	return nil
 }

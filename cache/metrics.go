@@ -13,6 +13,7 @@ type metrics struct {
 	servedBytes   *prometheus.CounterVec   // source
 	fillsInFlight prometheus.Gauge
 	fillWaiters   prometheus.Counter
+	fillsCut      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,9 +37,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		fillWaiters: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "outpost_fill_waiters_total", Help: "Client requests that joined a download already in progress instead of starting one.",
 		}),
+		fillsCut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outpost_fill_responses_cut_total", Help: "Responses streamed from a download that ended before the client had every byte (digest mismatch, upstream failure, shutdown, client gone).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.results, m.servedBytes, m.fillsInFlight, m.fillWaiters)
+		reg.MustRegister(m.requests, m.duration, m.results, m.servedBytes, m.fillsInFlight, m.fillWaiters, m.fillsCut)
 	}
 	return m
 }

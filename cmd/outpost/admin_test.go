@@ -95,6 +95,7 @@ func TestMetricsCountHitMissStale(t *testing.T) {
 		{"outpost_upstream_errors_total", map[string]string{"upstream": "docker.io", "reason": "503"}, 1},
 		{"outpost_upstream_up", map[string]string{"upstream": "docker.io"}, 1},
 		{"outpost_fills_in_flight", nil, 0},
+		{"outpost_fill_responses_cut_total", nil, 0},
 		{"outpost_store_blobs", nil, 2}, // the manifest and the layer
 	}
 	for _, c := range checks {

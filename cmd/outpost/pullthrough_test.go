@@ -251,6 +251,9 @@ func TestCorruptUpstreamBlobNeverServedOrStored(t *testing.T) {
 	if blobFileExists(o.root, d) {
 		t.Fatal("corrupt blob was stored")
 	}
+	if cut := value(o.scrape(t), "outpost_fill_responses_cut_total", nil); cut < 1 {
+		t.Errorf("no cut response counted (%v)", cut)
+	}
 	up.setFault(faultNone)
 	_, _, body := o.get(t, http.MethodGet, path)
 	if got, _, _ := v1.SHA256(bytes.NewReader(body)); got != d {
