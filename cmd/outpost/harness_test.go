@@ -146,6 +146,23 @@ func (u *upstream) push(repo, tag string, img any) v1.Hash {
 	return d
 }
 
+// pushLayer pushes repo:1, an image with one random layer of about size
+// bytes, and returns that layer and its digest: the blob most tests pull.
+func (u *upstream) pushLayer(repo string, size int64) (v1.Layer, v1.Hash) {
+	u.t.Helper()
+	img := randomImage(u.t, size, 1)
+	u.push(repo, "1", img)
+	layers, err := img.Layers()
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	return layers[0], d
+}
+
 type corruptingWriter struct {
 	http.ResponseWriter
 	done bool

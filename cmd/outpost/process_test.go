@@ -108,10 +108,7 @@ func (p *process) wait(t *testing.T, limit time.Duration) error {
 // exits 0, and the store is consistent.
 func TestSIGTERMDuringColdPull(t *testing.T) {
 	up := newUpstream(t)
-	img := randomImage(t, 2<<20, 1)
-	up.push("acme/app", "1", img)
-	layer, _ := img.Layers()
-	d, _ := layer[0].Digest()
+	layer, d := up.pushLayer("acme/app", 2<<20)
 	up.setFault(faultSlow) // about 1 s for 2 MiB
 	p, _ := startProcess(t, config(up, "1h"), "")
 
@@ -136,7 +133,7 @@ func TestSIGTERMDuringColdPull(t *testing.T) {
 		t.Fatalf("exit: %v", err)
 	}
 	r := <-got
-	size, _ := layer[0].Size()
+	size, _ := layer.Size()
 	if r.err != nil || r.n != size {
 		t.Errorf("in-flight response: %d of %d bytes, %v", r.n, size, r.err)
 	}
@@ -147,10 +144,7 @@ func TestSIGTERMDuringColdPull(t *testing.T) {
 // visible: the next start cleans up and the store checks out.
 func TestKillDuringColdPullLeavesStoreConsistent(t *testing.T) {
 	up := newUpstream(t)
-	img := randomImage(t, 2<<20, 1)
-	up.push("acme/app", "1", img)
-	layer, _ := img.Layers()
-	d, _ := layer[0].Digest()
+	_, d := up.pushLayer("acme/app", 2<<20)
 	up.setFault(faultSlow)
 	p, _ := startProcess(t, config(up, "1h"), "")
 	go func() {
@@ -286,10 +280,7 @@ func TestSIGTERMCutsLongDownloadsAndExitsZero(t *testing.T) {
 		t.Skip("waits out the 10 s shutdown grace period")
 	}
 	up := newUpstream(t)
-	img := randomImage(t, 4<<20, 1)
-	up.push("acme/app", "1", img)
-	layer, _ := img.Layers()
-	d, _ := layer[0].Digest()
+	_, d := up.pushLayer("acme/app", 4<<20)
 	up.setFault(faultTrickle) // 4 MiB at 128 KiB/s: 32 s
 	p, _ := startProcess(t, config(up, "1h"), "")
 	got := make(chan error, 1)

@@ -139,11 +139,8 @@ func TestMultiArchIndexAndForeignPlatform(t *testing.T) {
 
 func TestRangeReads(t *testing.T) {
 	up := newUpstream(t)
-	img := randomImage(t, 100_000, 1)
-	up.push("acme/big", "1", img)
-	layer, _ := img.Layers()
-	d, _ := layer[0].Digest()
-	rc, _ := layer[0].Compressed()
+	layer, d := up.pushLayer("acme/big", 100_000)
+	rc, _ := layer.Compressed()
 	blob, _ := io.ReadAll(rc)
 	o := startOutpost(t, config(up, "1h"), "")
 	path := "/v2/acme/big/blobs/" + d.String()
@@ -187,10 +184,7 @@ func TestRangeReads(t *testing.T) {
 // every one of them receives the right bytes.
 func TestConcurrentColdBlobOneUpstreamFetch(t *testing.T) {
 	up := newUpstream(t)
-	img := randomImage(t, 2<<20, 1)
-	up.push("acme/big", "1", img)
-	layer, _ := img.Layers()
-	d, _ := layer[0].Digest()
+	_, d := up.pushLayer("acme/big", 2<<20)
 	up.setFault(faultSlow)
 	o := startOutpost(t, config(up, "1h"), "")
 
@@ -228,10 +222,7 @@ func TestConcurrentColdBlobOneUpstreamFetch(t *testing.T) {
 // and never stored; once upstream is fixed the right bytes come through.
 func TestCorruptUpstreamBlobNeverServedOrStored(t *testing.T) {
 	up := newUpstream(t)
-	img := randomImage(t, 300_000, 1)
-	up.push("acme/app", "1", img)
-	layer, _ := img.Layers()
-	d, _ := layer[0].Digest()
+	_, d := up.pushLayer("acme/app", 300_000)
 	o := startOutpost(t, config(up, "1h"), "")
 	path := "/v2/acme/app/blobs/" + d.String()
 
@@ -344,10 +335,7 @@ func TestTagsListPagination(t *testing.T) {
 // A client that leaves does not abort a download: the blob is still stored.
 func TestClientDisconnectKeepsDownload(t *testing.T) {
 	up := newUpstream(t)
-	img := randomImage(t, 1<<20, 1)
-	up.push("acme/app", "1", img)
-	layer, _ := img.Layers()
-	d, _ := layer[0].Digest()
+	_, d := up.pushLayer("acme/app", 1<<20)
 	up.setFault(faultSlow)
 	o := startOutpost(t, config(up, "1h"), "")
 
