@@ -48,12 +48,7 @@ func TestPodman(t *testing.T) {
 	e := newEnv(t, envOptions{TagTTL: "5m"})
 	fx := e.Fx
 	dir := t.TempDir()
-	ghcrMirror := e.Mirror.Addr + "/ghcr.io"
-	if standIn {
-		ghcrMirror = ""
-	}
-	conf := filepath.Join(dir, "registries.conf")
-	testenv.WriteFile(t, conf, registriesConf(e.Mirror.Addr, ghcrMirror))
+	conf := writeRegistriesConf(t, e, dir)
 	// Private storage and engine configuration, so that the host's files
 	// (if any) change nothing.
 	storageConf := filepath.Join(dir, "storage.conf")

@@ -17,6 +17,19 @@ const blobInfoCache = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
 
 // registriesConf renders a registries.conf that sends docker.io and ghcr.io
 // to mirror locations and their real locations to the dead port.
+// writeRegistriesConf writes dir/registries.conf pointing docker.io and
+// (path-prefix form) ghcr.io at the mirror under test, and returns its path.
+// The stand-in mirror knows no ghcr.io.
+func writeRegistriesConf(t *testing.T, e *testEnv, dir string) string {
+	ghcrMirror := e.Mirror.Addr + "/ghcr.io"
+	if standIn {
+		ghcrMirror = ""
+	}
+	conf := filepath.Join(dir, "registries.conf")
+	testenv.WriteFile(t, conf, registriesConf(e.Mirror.Addr, ghcrMirror))
+	return conf
+}
+
 func registriesConf(hubMirror, ghcrMirror string) string {
 	block := func(prefix, mirror string) string {
 		return fmt.Sprintf(`
@@ -48,12 +61,7 @@ func TestSkopeo(t *testing.T) {
 	e := newEnv(t, envOptions{TagTTL: "5m"})
 	fx := e.Fx
 	dir := t.TempDir()
-	ghcrMirror := e.Mirror.Addr + "/ghcr.io"
-	if standIn {
-		ghcrMirror = ""
-	}
-	conf := filepath.Join(dir, "registries.conf")
-	testenv.WriteFile(t, conf, registriesConf(e.Mirror.Addr, ghcrMirror))
+	conf := writeRegistriesConf(t, e, dir)
 	tmp := filepath.Join(dir, "tmp")
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		t.Fatal(err)
