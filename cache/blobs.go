@@ -13,16 +13,76 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// blob serves a blob under a repository. Content is shared between
+// repositories on disk, but a blob is served under repository R only if
+// R's manifests reference it or upstream confirmed that R has it: with
+// credentials configured, anything else would hand private content to
+// whoever knows its digest.
 func (c *Cache) blob(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 	d, _ := v1.NewHash(r.ref) // validated by the route
+	linked := c.store.Linked(r.key, d)
 	f, size, err := c.store.Blob(d)
-	if err == nil {
+	switch {
+	case err == nil:
+		if !linked {
+			if err := c.confirmBlob(r, d); err != nil {
+				f.Close()
+				return outcomeNone, toRegError(err, transport.BlobUnknownErrorCode)
+			}
+		}
 		return outcomeHit, c.serveFile(ctx, d, f, size)
-	}
-	if !errors.Is(err, store.ErrNotFound) {
+	case !errors.Is(err, store.ErrNotFound):
 		return outcomeNone, err
+	case ctx.IsHead():
+		return c.headCold(ctx, r, d, linked)
 	}
-	return outcomeFill, c.serveFill(ctx, r, d)
+	return outcomeFill, c.serveFill(ctx, r, d, linked)
+}
+
+// confirmBlob asks upstream whether r's repository has blob d and, if it
+// does, records the link. Concurrent asks share one request.
+func (c *Cache) confirmBlob(r route, d v1.Hash) error {
+	_, err, _ := c.manifests.Do("blob "+r.key+"@"+d.String(), func() (any, error) {
+		if !c.track() {
+			return nil, errShuttingDown
+		}
+		defer c.work.Done()
+		if _, err := r.up.BlobHead(c.ctx, r.repo, d); err != nil {
+			return nil, err
+		}
+		return nil, c.store.Link(r.key, d)
+	})
+	return err
+}
+
+// headCold answers a HEAD of a blob that is not stored from upstream's
+// HEAD (or from a download in progress), without downloading it.
+func (c *Cache) headCold(ctx *fasthttp.RequestCtx, r route, d v1.Hash, linked bool) (outcome, error) {
+	if p := c.store.Join(d); p != nil {
+		defer p.Release()
+		if linked || p.Origin() == r.key {
+			if size, err := p.Size(c.ctx); err == nil && size >= 0 {
+				setBlobHeaders(ctx, d)
+				ctx.Response.SkipBody = true
+				ctx.Response.Header.SetContentLength(int(size))
+				return outcomeFill, nil
+			}
+		}
+	}
+	v, err, _ := c.manifests.Do("blobhead "+r.key+"@"+d.String(), func() (any, error) {
+		if !c.track() {
+			return nil, errShuttingDown
+		}
+		defer c.work.Done()
+		return r.up.BlobHead(c.ctx, r.repo, d)
+	})
+	if err != nil {
+		return outcomeNone, toRegError(err, transport.BlobUnknownErrorCode)
+	}
+	setBlobHeaders(ctx, d)
+	ctx.Response.SkipBody = true
+	ctx.Response.Header.SetContentLength(int(v.(int64)))
+	return outcomeMiss, nil
 }
 
 // serveFile serves a stored blob, whole or one byte range, with sendfile
@@ -32,8 +92,9 @@ func (c *Cache) serveFile(ctx *fasthttp.RequestCtx, d v1.Hash, f *os.File, size 
 	start, n, partial, ok := parseRange(ctx.Request.Header.Peek("Range"), size)
 	if !ok {
 		f.Close()
-		ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-		return newError(http.StatusRequestedRangeNotSatisfiable, transport.UnsupportedErrorCode, "range not satisfiable")
+		e := newError(http.StatusRequestedRangeNotSatisfiable, transport.UnsupportedErrorCode, "range not satisfiable")
+		e.rangeSize = size
+		return e
 	}
 	if partial {
 		ctx.SetStatusCode(http.StatusPartialContent)

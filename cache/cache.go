@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -25,7 +24,9 @@ import (
 )
 
 // Upstream is what the cache needs from an upstream registry. repo is the
-// repository at the upstream (library/alpine), ref a tag or digest.
+// repository at the upstream (library/alpine), ref a tag or digest. Every
+// call applies the upstream's own transfer policy (deadlines, retries,
+// failover, redirects) and returns only verified manifests.
 type Upstream interface {
 	Name() string
 	// Down reports that the upstream is known unreachable: cached content is
@@ -33,13 +34,22 @@ type Upstream interface {
 	Down() bool
 	// Manifest returns verified manifest bytes and their descriptor.
 	Manifest(ctx context.Context, repo, ref string) ([]byte, v1.Descriptor, error)
-	// Head returns what ref points at now, within a short deadline.
+	// Head returns what ref points at now.
 	Head(ctx context.Context, repo, ref string) (v1.Descriptor, error)
+	// BlobHead reports whether repo has blob d upstream, and its size.
+	BlobHead(ctx context.Context, repo string, d v1.Hash) (int64, error)
 	// Blob opens a blob from offset; size is the total size, -1 if unknown.
+	// The body resumes itself when it breaks; the store verifies it.
 	Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error)
-	// Tags lists the repository's tags upstream.
+}
+
+// tagLister is an Upstream that lists tags.
+type tagLister interface {
 	Tags(ctx context.Context, repo string) ([]string, error)
-	// Referrers lists the manifests upstream whose subject is d.
+}
+
+// referrerLister is an Upstream that lists referrers.
+type referrerLister interface {
 	Referrers(ctx context.Context, repo string, d v1.Hash) ([]v1.Descriptor, error)
 }
 
@@ -47,13 +57,45 @@ type Upstream interface {
 type UpstreamOptions struct {
 	Upstream Upstream
 	TagTTL   time.Duration // how long a tag is served without asking upstream
-	Default  bool          // serves names without a registry host
+	// RevalidateTimeout is how long a request for a stale tag waits for
+	// upstream before the cached one is served (the revalidation goes on in
+	// the background); default 2s.
+	RevalidateTimeout time.Duration
+	Default           bool // serves names without a registry host
+	MaxFills          int  // concurrent downloads from this upstream; 0: FillLimits.PerUpstream
+}
+
+// FillLimits bound the downloads from upstreams.
+type FillLimits struct {
+	Max         int           // concurrent downloads in all; default 16
+	PerUpstream int           // per upstream unless it says otherwise; default 8
+	Queue       time.Duration // how long a request waits for a free slot before 429; default 10s
+	// Abandon is how long a download nobody waits for any more goes on
+	// before it is cancelled, unless it is close to done; default 5s.
+	Abandon time.Duration
+}
+
+func (l *FillLimits) setDefaults() {
+	if l.Max <= 0 {
+		l.Max = 16
+	}
+	if l.PerUpstream <= 0 {
+		l.PerUpstream = 8
+	}
+	if l.Queue <= 0 {
+		l.Queue = 10 * time.Second
+	}
+	if l.Abandon <= 0 {
+		l.Abandon = 5 * time.Second
+	}
 }
 
 // Options configure a Cache.
 type Options struct {
 	Store     *store.Store
 	Upstreams []UpstreamOptions
+	Fills     FillLimits
+	Conns     ConnLimits
 	Logger    *slog.Logger
 	Now       func() time.Time
 	// Registerer receives the cache's Prometheus collectors; nil: none.
@@ -62,8 +104,10 @@ type Options struct {
 
 type upstream struct {
 	Upstream
-	name   string // canonical registry name: docker.io for any of its aliases
-	tagTTL time.Duration
+	name              string // canonical registry name: docker.io for any of its aliases
+	tagTTL            time.Duration
+	revalidateTimeout time.Duration
+	fills             chan struct{} // this upstream's download slots
 }
 
 // Cache serves the OCI distribution API from the store, filling it from
@@ -74,16 +118,19 @@ type Cache struct {
 	log       *slog.Logger
 	now       func() time.Time
 	metrics   *metrics
+	limits    FillLimits
+	conns     ConnLimits
+	fills     chan struct{} // download slots in all
 
-	// ctx outlives requests: fills run on it so a client leaving does not
-	// abort a download others wait for; Close cancels it.
-	ctx    context.Context
-	cancel context.CancelFunc
-	work   sync.WaitGroup
+	// ctx outlives requests: upstream work runs on it so a client leaving
+	// does not abort a download others wait for; Close cancels it.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	closing sync.Mutex // orders track against Close
+	work    sync.WaitGroup
 
 	manifests singleflight.Group
-	fillsMu   sync.Mutex
-	fills     map[string]*fill
+	lists     listCache
 }
 
 // New builds a cache. It does no I/O.
@@ -97,9 +144,12 @@ func New(opts Options) (*Cache, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	opts.Fills.setDefaults()
+	opts.Conns.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Cache{store: opts.Store, log: opts.Logger, now: opts.Now,
-		metrics: newMetrics(opts.Registerer), ctx: ctx, cancel: cancel, fills: map[string]*fill{}}
+	c := &Cache{store: opts.Store, log: opts.Logger, now: opts.Now, metrics: newMetrics(opts.Registerer),
+		limits: opts.Fills, conns: opts.Conns, fills: make(chan struct{}, opts.Fills.Max), ctx: ctx, cancel: cancel}
+	c.lists.init()
 	if err := c.SetUpstreams(opts.Upstreams); err != nil {
 		cancel()
 		return nil, err
@@ -123,7 +173,14 @@ func (c *Cache) SetUpstreams(ups []UpstreamOptions) error {
 	t := &upstreamTable{byName: map[string]*upstream{}}
 	for _, o := range ups {
 		name := canonicalHost(o.Upstream.Name())
-		u := &upstream{Upstream: o.Upstream, name: name, tagTTL: o.TagTTL}
+		if o.RevalidateTimeout <= 0 {
+			o.RevalidateTimeout = 2 * time.Second
+		}
+		if o.MaxFills <= 0 {
+			o.MaxFills = c.limits.PerUpstream
+		}
+		u := &upstream{Upstream: o.Upstream, name: name, tagTTL: o.TagTTL, revalidateTimeout: o.RevalidateTimeout,
+			fills: make(chan struct{}, o.MaxFills)}
 		if t.byName[name] != nil {
 			return fmt.Errorf("cache: upstream %s configured twice", name)
 		}
@@ -136,71 +193,25 @@ func (c *Cache) SetUpstreams(ups []UpstreamOptions) error {
 	return nil
 }
 
-// Close stops fills in flight (their partial data is discarded) and waits
-// for them. Taking fillsMu orders it after any joinFill that got in first.
+// track counts background work that must end before Close returns; it
+// reports false once Close has begun.
+func (c *Cache) track() bool {
+	c.closing.Lock()
+	defer c.closing.Unlock()
+	if c.ctx.Err() != nil {
+		return false
+	}
+	c.work.Add(1)
+	return true
+}
+
+// Close stops downloads and revalidations in flight (partial data is
+// discarded) and waits for them.
 func (c *Cache) Close() {
-	c.fillsMu.Lock()
+	c.closing.Lock()
 	c.cancel()
-	c.fillsMu.Unlock()
+	c.closing.Unlock()
 	c.work.Wait()
-}
-
-// Server returns a fasthttp server for the cache, tuned for long blob
-// downloads on small machines.
-func (c *Cache) Server() *fasthttp.Server {
-	return &fasthttp.Server{
-		Handler:                       c.Handler,
-		Name:                          "outpost",
-		ReadTimeout:                   60 * time.Second, // reading a request; WriteTimeout would cut long blobs
-		IdleTimeout:                   120 * time.Second,
-		MaxRequestBodySize:            1 << 20, // this API takes no bodies
-		ReduceMemoryUsage:             true,
-		NoDefaultContentType:          true,
-		DisablePreParseMultipartForm:  true,
-		DisableHeaderNamesNormalizing: false,
-		CloseOnShutdown:               true,
-		Logger:                        connLogger{c.log},
-	}
-}
-
-// Serve serves on ln until ctx ends, then shuts down gracefully.
-func (c *Cache) Serve(ctx context.Context, ln net.Listener) error {
-	srv := c.Server()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		return c.shutdown(srv)
-	}
-}
-
-// Grace periods of a shutdown: for responses in flight, then for the
-// connections cut by stopping the downloads they stream from.
-const (
-	shutdownGrace = 10 * time.Second
-	shutdownCut   = 2 * time.Second
-)
-
-// shutdown stops accepting and lets responses in flight finish. Those still
-// streaming a download after the grace period are cut cleanly by stopping
-// the downloads (whose partial data is discarded); that is the expected end
-// of a stop, not an error.
-func (c *Cache) shutdown(srv *fasthttp.Server) error {
-	grace, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	if err := srv.ShutdownWithContext(grace); err == nil {
-		return nil
-	}
-	c.log.Warn("responses still in flight after the grace period; stopping their downloads", "grace", shutdownGrace)
-	c.Close()
-	cut, cancelCut := context.WithTimeout(context.Background(), shutdownCut)
-	defer cancelCut()
-	if err := srv.ShutdownWithContext(cut); err != nil {
-		c.log.Warn("connections left open at shutdown", "err", err)
-	}
-	return nil
 }
 
 // outcome says how a request was served, for the access log.
@@ -210,12 +221,12 @@ const (
 	outcomeNone  outcome = ""
 	outcomeHit   outcome = "hit"   // from the store, fresh
 	outcomeMiss  outcome = "miss"  // fetched from upstream
-	outcomeStale outcome = "stale" // from the store, upstream unreachable
+	outcomeStale outcome = "stale" // from the store, upstream unreachable or slow
 	outcomeFill  outcome = "fill"  // streamed while being fetched
 )
 
-// Handler is the fasthttp request handler.
-func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
+// handler is the fasthttp request handler.
+func (c *Cache) handler(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	k, out, err := c.handle(ctx)
@@ -225,8 +236,14 @@ func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
 			c.log.Error("request failed", "id", ctx.ID(), "path", string(ctx.Path()), "err", err)
 		}
 		ctx.Response.ResetBody()
-		for _, h := range []string{"Cache-Control", "Etag", "Docker-Content-Digest", "Accept-Ranges"} {
+		for _, h := range []string{"Cache-Control", "Etag", "Docker-Content-Digest", "Accept-Ranges", "Content-Range"} {
 			ctx.Response.Header.Del(h) // set for a success that did not happen
+		}
+		if re.Status == http.StatusRequestedRangeNotSatisfiable && re.rangeSize >= 0 {
+			ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(re.rangeSize, 10))
+		}
+		if re.RetryAfter > 0 {
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(re.RetryAfter))
 		}
 		ctx.SetStatusCode(re.Status)
 		ctx.SetContentType("application/json")
@@ -239,9 +256,11 @@ func (c *Cache) Handler(ctx *fasthttp.RequestCtx) {
 	if out != outcomeNone && (k == kindManifest || k == kindBlob) {
 		c.metrics.results.WithLabelValues(route, string(out)).Inc()
 	}
-	c.log.Info("request", "id", ctx.ID(), "method", string(ctx.Method()), "path", string(ctx.Path()),
-		"status", status, "cache", string(out), "remote", ctx.RemoteIP().String(),
-		"ms", float64(took.Microseconds())/1000)
+	if c.log.Enabled(context.Background(), slog.LevelInfo) {
+		c.log.Info("request", "id", ctx.ID(), "method", string(ctx.Method()), "path", string(ctx.Path()),
+			"status", status, "cache", string(out), "remote", ctx.RemoteIP().String(),
+			"ms", float64(took.Microseconds())/1000)
+	}
 }
 
 func (c *Cache) handle(ctx *fasthttp.RequestCtx) (kind, outcome, error) {
@@ -276,16 +295,4 @@ func (c *Cache) serve(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 	default:
 		return c.blob(ctx, r)
 	}
-}
-
-// connLogger keeps fasthttp's connection-level errors (a TLS hello sent to
-// this plain-HTTP port, a client vanishing) out of the way, and short.
-type connLogger struct{ log *slog.Logger }
-
-func (l connLogger) Printf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	if len(msg) > 200 {
-		msg = msg[:200] + "…"
-	}
-	l.log.Debug("connection", "detail", msg)
 }

@@ -2,10 +2,7 @@ package cache
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"os"
-	"sync"
+	"errors"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -14,339 +11,254 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-const (
-	fillChunk         = 256 << 10
-	fillResumes       = 5                // how often a broken upstream body is resumed with Range
-	fillHeaderTimeout = 20 * time.Second // for upstream's response headers, retries included
-)
+// A fill is a pull-through download of a blob: upstream's body, under the
+// upstream's transfer policy, copied into a store writer. The store makes
+// it the only write of that digest and lets every client follow it as it
+// grows; fills, mirror syncs and imports of the same blob share one
+// download. Fills are bounded: a slot from the upstream's and from the
+// global limit, waited for briefly (then 429); and a fill nobody follows
+// any more is cancelled after a grace period unless it is nearly done.
 
-// fill is one upstream download of a blob, shared by every client that asks
-// for it meanwhile. The downloader writes into the store session's part
-// file; clients tail that file. The last byte is held back until the digest
-// check passes, so no client ever receives a complete wrong blob.
-type fill struct {
-	digest v1.Hash
-	ready  chan struct{} // closed once size and file are known, or err is set
-
-	mu       sync.Mutex
-	cond     *sync.Cond
-	size     int64    // total size, -1 if upstream did not say
-	written  int64    // bytes in the part file
-	file     *os.File // read handle on the part file, shared by readers (ReadAt)
-	refs     int      // holders of file: the downloader (while downloading) and each reader
-	ownRef   bool     // the downloader still holds its ref
-	verified bool     // the digest check passed: the last byte may go out
-	finished bool
-	err      error
-}
-
-func (f *fill) finish(err error) {
-	f.mu.Lock()
-	f.finished, f.err = true, err
-	owned := f.ownRef
-	f.ownRef = false
-	f.cond.Broadcast()
-	f.mu.Unlock()
-	if owned {
-		f.release()
-	}
-}
-
-func (f *fill) release() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.refs--
-	if f.refs == 0 && f.file != nil {
-		f.file.Close()
-		f.file = nil
-	}
-}
+// errAbandoned is why a fill that nobody waited for was cancelled.
+var errAbandoned = errors.New("nobody waits for the download any more")
 
 // serveFill streams a blob that is not stored yet.
-func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash) error {
-	if r.up.Down() {
-		return notCachedOffline(transport.BlobUnknownErrorCode, "upstream %s is down", r.up.Name())
+func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash, linked bool) error {
+	for attempt := 0; ; attempt++ {
+		p, err := c.joinOrStart(r, d)
+		if err != nil {
+			return toRegError(err, transport.BlobUnknownErrorCode)
+		}
+		if p == nil { // stored meanwhile
+			return c.serveStored(ctx, r, d, linked)
+		}
+		if !linked && p.Origin() != r.key {
+			// Someone else's download: this repository must have the blob too.
+			if err := c.confirmBlob(r, d); err != nil {
+				p.Release()
+				return toRegError(err, transport.BlobUnknownErrorCode)
+			}
+			linked = true
+		}
+		err = c.streamPending(ctx, d, p)
+		if err == nil {
+			return nil
+		}
+		// A failure that belongs to the other repository (its upstream has
+		// no such blob there, or refuses it) is not this one's: try again.
+		if attempt < 2 && repoSpecific(err) && p.Origin() != r.key {
+			continue
+		}
+		return toRegError(err, transport.BlobUnknownErrorCode)
 	}
-	f, err := c.joinFill(r, d)
+}
+
+func (c *Cache) serveStored(ctx *fasthttp.RequestCtx, r route, d v1.Hash, linked bool) error {
+	f, size, err := c.store.Blob(d)
 	if err != nil {
 		return err
 	}
-	if f == nil { // stored since we looked
-		blob, n, err := c.store.Blob(d)
-		if err != nil {
-			return err
+	if !linked && !c.store.Linked(r.key, d) {
+		if err := c.confirmBlob(r, d); err != nil {
+			f.Close()
+			return toRegError(err, transport.BlobUnknownErrorCode)
 		}
-		return c.serveFile(ctx, d, blob, n)
 	}
-	<-f.ready
-	f.mu.Lock()
-	err, size := f.err, f.size
-	f.mu.Unlock()
+	return c.serveFile(ctx, d, f, size)
+}
+
+// streamPending answers from a write in progress. It releases p.
+func (c *Cache) streamPending(ctx *fasthttp.RequestCtx, d v1.Hash, p *store.Pending) error {
+	defer p.Release()
+	size, err := p.Size(c.ctx)
 	if err != nil {
-		return toRegError(err, transport.BlobUnknownErrorCode)
+		return err
 	}
-	setBlobHeaders(ctx, d)
 	if ctx.IsHead() && size >= 0 {
+		setBlobHeaders(ctx, d)
 		ctx.Response.SkipBody = true
 		ctx.Response.Header.SetContentLength(int(size))
 		return nil
 	}
 	// A range, or a size upstream did not announce: wait for the verified
-	// blob and serve it from the store, so no unverified byte goes out.
+	// blob, so no unverified byte goes out.
 	if size < 0 || len(ctx.Request.Header.Peek("Range")) > 0 {
-		if err := f.wait(); err != nil {
-			return toRegError(err, transport.BlobUnknownErrorCode)
-		}
-		blob, n, err := c.store.Blob(d)
+		f, n, err := p.Open(c.ctx)
 		if err != nil {
 			return err
 		}
-		return c.serveFile(ctx, d, blob, n)
+		return c.serveFile(ctx, d, f, n)
 	}
-	rd := f.reader()
-	if rd == nil { // finished between our look-up and now: it is stored
-		blob, n, err := c.store.Blob(d)
-		if err != nil {
-			return toRegError(f.wait(), transport.BlobUnknownErrorCode)
-		}
-		return c.serveFile(ctx, d, blob, n)
+	r, err := p.Follow()
+	if err != nil {
+		return err
 	}
-	// Count what actually went out: a response cut by a digest mismatch,
-	// a shutdown or a client leaving shows in fill_responses_cut_total.
-	rd.done = func(sent int64) {
-		c.metrics.servedBytes.WithLabelValues("fill").Add(float64(sent))
-		if sent < size {
-			c.metrics.fillsCut.Inc()
-		}
-	}
-	ctx.SetBodyStream(rd, int(size))
+	setBlobHeaders(ctx, d)
+	ctx.SetBodyStream(&fillBody{Follower: r, size: size, m: c.metrics}, int(size))
 	return nil
 }
 
-// joinFill returns the fill for d, starting it if none runs, or nil if the
-// blob was stored meanwhile. Fills leave the map only after their commit,
-// so looking at the store under the lock rules out a second download.
-func (c *Cache) joinFill(r route, d v1.Hash) (*fill, error) {
-	c.fillsMu.Lock()
-	defer c.fillsMu.Unlock()
-	if f := c.fills[d.String()]; f != nil {
+// fillBody is a follower as a response body; fasthttp closes it when the
+// response is done or cut, and the metrics count what really went out.
+type fillBody struct {
+	*store.Follower
+	size int64
+	m    *metrics
+}
+
+func (b *fillBody) Close() error {
+	sent := b.Sent()
+	b.m.servedBytes.WithLabelValues("fill").Add(float64(sent))
+	if sent < b.size {
+		b.m.fillsCut.Inc()
+	}
+	return b.Follower.Close()
+}
+
+// joinOrStart returns a handle on the write of d in progress, starting a
+// download if there is none, or nil if d is stored.
+func (c *Cache) joinOrStart(r route, d v1.Hash) (*store.Pending, error) {
+	if p := c.store.Join(d); p != nil {
 		c.metrics.fillWaiters.Inc()
-		return f, nil
+		return p, nil
 	}
 	if c.store.HasBlob(d) {
 		return nil, nil
 	}
-	if c.ctx.Err() != nil { // Close has begun: no new downloads
-		return nil, newError(http.StatusServiceUnavailable, transport.UnavailableErrorCode, "shutting down")
+	release, err := c.acquireFill(r.up)
+	if err != nil {
+		if errors.Is(err, errBusy) {
+			c.metrics.fillsRefused.WithLabelValues("busy").Inc()
+		}
+		return nil, err
 	}
-	f := &fill{digest: d, ready: make(chan struct{}), size: -1}
-	f.cond = sync.NewCond(&f.mu)
-	c.fills[d.String()] = f
-	c.work.Add(1)
+	if !c.track() {
+		release()
+		return nil, errShuttingDown
+	}
+	sess, err := c.store.Begin(store.KindFill, r.key)
+	var w *store.BlobWriter
+	var other *store.Pending
+	if err == nil {
+		w, other, err = sess.Blob(d, -1)
+	}
+	if w == nil {
+		if sess != nil {
+			sess.Abort()
+		}
+		release()
+		c.work.Done()
+		switch {
+		case other != nil:
+			c.metrics.fillWaiters.Inc()
+			return other, nil
+		case errors.Is(err, store.ErrExists):
+			return nil, nil
+		}
+		c.noteNoSpace(err)
+		return nil, err
+	}
+	p := w.Pending()
 	c.metrics.fillsInFlight.Inc()
-	go c.runFill(f, r)
-	return f, nil
+	go c.runFill(sess, w, r, d, release)
+	return p, nil
 }
 
-func (c *Cache) runFill(f *fill, r route) {
-	defer c.work.Done()
-	defer c.metrics.fillsInFlight.Dec()
-	err := c.download(f, r)
-	if err != nil {
-		c.log.Warn("blob fill failed", "repo", r.key, "digest", f.digest, "err", err)
-	}
-	// Leave the map before waking waiters: a new request then either finds
-	// the committed blob or starts a new fill; failures are not cached.
-	c.fillsMu.Lock()
-	delete(c.fills, f.digest.String())
-	c.fillsMu.Unlock()
+// acquireFill takes a download slot of the upstream and one of the global
+// limit, waiting at most FillLimits.Queue for them.
+func (c *Cache) acquireFill(up *upstream) (release func(), err error) {
+	timer := time.NewTimer(c.limits.Queue)
+	defer timer.Stop()
 	select {
-	case <-f.ready:
-	default:
-		f.mu.Lock()
-		f.err = err
-		f.mu.Unlock()
-		close(f.ready)
+	case up.fills <- struct{}{}:
+	case <-timer.C:
+		return nil, errBusy
+	case <-c.ctx.Done():
+		return nil, errShuttingDown
 	}
-	f.finish(err)
+	select {
+	case c.fills <- struct{}{}:
+	case <-timer.C:
+		<-up.fills
+		return nil, errBusy
+	case <-c.ctx.Done():
+		<-up.fills
+		return nil, errShuttingDown
+	}
+	return func() { <-c.fills; <-up.fills }, nil
 }
 
-// download fetches the blob into a session and commits it after the digest
-// and size check. It runs on the cache's context, not a client's.
-func (c *Cache) download(f *fill, r route) error {
-	body, size, err := c.openBlob(r, f.digest, 0)
-	if err != nil {
-		return err
-	}
-	defer func() { body.Close() }()
-	sess, err := c.store.Begin(store.KindFill)
-	if err != nil {
-		return err
-	}
+func (c *Cache) runFill(sess *store.Session, w *store.BlobWriter, r route, d v1.Hash, release func()) {
+	defer c.work.Done()
+	defer release()
+	defer c.metrics.fillsInFlight.Dec()
 	defer sess.Abort()
-	w, err := sess.Blob(f.digest, size)
-	if err != nil {
-		return err
+	ctx, cancel := context.WithCancelCause(c.ctx)
+	defer cancel(nil)
+	stop := c.watchInterest(w, cancel)
+	defer stop()
+	if err := c.download(ctx, sess, w, r, d); err != nil {
+		if errors.Is(context.Cause(ctx), errAbandoned) {
+			err = errAbandoned
+			c.metrics.fillsAbandoned.Inc()
+		}
+		w.Discard(err)
+		c.noteNoSpace(err)
+		c.log.Warn("blob fill failed", "repo", r.key, "digest", d, "err", err)
 	}
-	rf, err := os.Open(w.Path())
-	if err != nil {
-		w.Discard()
-		return err
-	}
-	f.mu.Lock()
-	f.size, f.file, f.refs, f.ownRef = size, rf, 1, true // finish drops the downloader's ref
-	f.mu.Unlock()
-	close(f.ready)
+}
 
-	buf := make([]byte, fillChunk)
-	resumes := 0
-	for {
-		n, rerr := body.Read(buf) // the upstream bounds idle time
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				w.Discard()
-				return err
-			}
-			f.mu.Lock()
-			f.written += int64(n)
-			f.cond.Broadcast()
-			f.mu.Unlock()
-		}
-		if rerr == io.EOF || (rerr != nil && size >= 0 && f.written == size) {
-			break
-		}
-		if rerr != nil {
-			if resumes == fillResumes || c.ctx.Err() != nil {
-				w.Discard()
-				return rerr
-			}
-			resumes++
-			body.Close()
-			c.log.Info("resuming blob download", "digest", f.digest, "offset", f.written, "err", rerr)
-			if body, _, err = c.openBlob(r, f.digest, f.written); err != nil {
-				body = io.NopCloser(nil)
-				w.Discard()
-				return err
-			}
-		}
-	}
-	if err := w.Verify(); err != nil {
-		w.Discard()
+// download fetches the blob into the writer and commits it after the
+// digest and size check. It runs on the cache's context, not a client's.
+func (c *Cache) download(ctx context.Context, sess *store.Session, w *store.BlobWriter, r route, d v1.Hash) error {
+	body, size, err := r.up.Blob(ctx, r.repo, d, 0)
+	if err != nil {
 		return err
 	}
-	f.mu.Lock()
-	f.verified = true // clients get their last byte now, not after the fsync
-	f.cond.Broadcast()
-	f.mu.Unlock()
+	defer body.Close()
+	if err := w.SetSize(size); err != nil {
+		return err
+	}
+	if _, err := w.ReadFrom(body); err != nil {
+		return err
+	}
 	if err := w.Close(); err != nil {
 		return err
 	}
-	sess.Link(r.key, f.digest)
+	sess.Link(r.key, d)
 	return sess.Commit()
 }
 
-// openBlob opens the blob upstream from offset on. Response headers must
-// come within fillHeaderTimeout (a silently dead uplink must not keep
-// waiting clients for minutes); the body then reads until Close, which
-// ends the request's context.
-func (c *Cache) openBlob(r route, d v1.Hash, offset int64) (io.ReadCloser, int64, error) {
-	ctx, cancel := context.WithCancelCause(c.ctx)
-	timer := time.AfterFunc(fillHeaderTimeout, func() { cancel(context.DeadlineExceeded) })
-	body, size, err := r.up.Blob(ctx, r.repo, d, offset)
-	if !timer.Stop() && err == nil { // headers came, but too late: the context is gone
-		body.Close()
-		err = context.DeadlineExceeded
-	}
-	if err != nil {
-		cancel(nil)
-		return nil, 0, err
-	}
-	return &closeCancels{ReadCloser: body, cancel: cancel}, size, nil
-}
-
-type closeCancels struct {
-	io.ReadCloser
-	cancel context.CancelCauseFunc
-}
-
-func (b *closeCancels) Close() error {
-	err := b.ReadCloser.Close()
-	b.cancel(nil)
-	return err
-}
-
-// wait blocks until the fill has finished and returns its outcome.
-func (f *fill) wait() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for !f.finished {
-		f.cond.Wait()
-	}
-	return f.err
-}
-
-// reader returns a tail reader on the part file, or nil if the fill has
-// already finished and let go of it.
-func (f *fill) reader() *tailReader {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.file == nil || f.finished {
-		return nil
-	}
-	f.refs++
-	return &tailReader{f: f}
-}
-
-// tailReader follows a fill's part file as it grows.
-type tailReader struct {
-	f      *fill
-	off    int64
-	closed bool
-	done   func(sent int64) // accounts for what the client received
-}
-
-func (t *tailReader) Read(p []byte) (int, error) {
-	f := t.f
-	f.mu.Lock()
-	var limit int64
-	for {
-		if f.err != nil {
-			f.mu.Unlock()
-			return 0, f.err
+// watchInterest cancels a download that nobody has followed for the grace
+// period, unless it is close to done (finishing it is cheaper than asking
+// again). It returns a function that stops the watch.
+func (c *Cache) watchInterest(w *store.BlobWriter, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	every := max(c.limits.Abandon/4, 50*time.Millisecond)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			n, idle := w.Interest()
+			if n > 0 || time.Since(idle) < c.limits.Abandon {
+				continue
+			}
+			if written, size := w.Progress(); closeToDone(written, size) {
+				continue
+			}
+			cancel(errAbandoned)
+			return
 		}
-		limit = f.written
-		if !f.verified && limit >= f.size {
-			limit = f.size - 1 // the last byte waits for the digest check
-		}
-		if limit > t.off || ((f.verified || f.finished) && t.off >= f.size) {
-			break
-		}
-		f.cond.Wait()
-	}
-	file := f.file
-	f.mu.Unlock()
-	if t.off >= limit {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > limit-t.off {
-		p = p[:limit-t.off]
-	}
-	n, err := file.ReadAt(p, t.off)
-	t.off += int64(n)
-	if err == io.EOF && n > 0 {
-		err = nil
-	}
-	return n, err
+	}()
+	return func() { close(done) }
 }
 
-// Close lets go of the part file; fasthttp calls it after the response.
-func (t *tailReader) Close() error {
-	if !t.closed {
-		t.closed = true
-		t.f.release()
-		if t.done != nil {
-			t.done(t.off)
-		}
-	}
-	return nil
+// closeToDone: a quarter or 16 MiB left at most.
+func closeToDone(written, size int64) bool {
+	return size > 0 && (size-written <= 16<<20 || written*4 >= size*3)
 }

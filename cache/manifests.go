@@ -1,9 +1,9 @@
 package cache
 
 import (
-	"context"
 	"errors"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -12,11 +12,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/outpost-oci/outpost/store"
 	"github.com/valyala/fasthttp"
+	"golang.org/x/sync/singleflight"
 )
 
-// manifestFetchTimeout bounds a manifest fetch from upstream, so that a cold
-// request on a dead uplink fails instead of hanging.
-const manifestFetchTimeout = 20 * time.Second
+func isDigest(ref string) bool { return strings.Contains(ref, ":") }
 
 func (c *Cache) manifest(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 	var (
@@ -24,7 +23,7 @@ func (c *Cache) manifest(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 		out outcome
 		err error
 	)
-	if strings.Contains(r.ref, ":") {
+	if isDigest(r.ref) {
 		d, _ = v1.NewHash(r.ref)     // validated by the route
 		if d.Algorithm != "sha256" { // manifests are verified and stored by sha256
 			return outcomeNone, newError(http.StatusNotFound, transport.ManifestUnknownErrorCode, "only sha256 manifest digests are served")
@@ -36,21 +35,50 @@ func (c *Cache) manifest(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 	if err != nil {
 		return out, mapManifestErr(err)
 	}
-	m, err := c.store.Manifest(d)
+	m, f, err := c.store.OpenManifest(d)
 	if err != nil {
 		return out, mapManifestErr(err)
 	}
+	if accept := ctx.Request.Header.PeekAll("Accept"); !accepts(accept, m.MediaType) {
+		if f != nil {
+			f.Close()
+		}
+		if m, f, err = c.negotiate(r, m, accept); err != nil {
+			return out, mapManifestErr(err)
+		}
+	}
+	c.serveManifest(ctx, m, f)
+	return out, nil
+}
+
+// serveManifest sends a manifest: a small one from the store's shared
+// buffer (no copy per client), a large one from its file with sendfile.
+func (c *Cache) serveManifest(ctx *fasthttp.RequestCtx, m store.Manifest, f *os.File) {
+	etag := `"` + m.Digest.String() + `"`
 	ctx.SetContentType(m.MediaType)
 	ctx.Response.Header.Set("Docker-Content-Digest", m.Digest.String())
-	ctx.Response.Header.Set("Etag", `"`+m.Digest.String()+`"`)
-	ctx.SetBody(m.Bytes)
-	if ctx.IsHead() {
-		ctx.Response.SkipBody = true
-		ctx.Response.Header.SetContentLength(len(m.Bytes))
-	} else {
-		c.metrics.servedBytes.WithLabelValues("store").Add(float64(len(m.Bytes)))
+	ctx.Response.Header.Set("Etag", etag)
+	if inm := string(ctx.Request.Header.Peek("If-None-Match")); inm == etag || inm == m.Digest.String() {
+		if f != nil {
+			f.Close()
+		}
+		ctx.SetStatusCode(http.StatusNotModified)
+		return
 	}
-	return out, nil
+	if ctx.IsHead() {
+		if f != nil {
+			f.Close()
+		}
+		ctx.Response.SkipBody = true
+		ctx.Response.Header.SetContentLength(int(m.Size))
+		return
+	}
+	if f != nil {
+		ctx.SetBodyStream(f, int(m.Size))
+	} else {
+		ctx.Response.SetBodyRaw(m.Bytes)
+	}
+	c.metrics.servedBytes.WithLabelValues("store").Add(float64(m.Size))
 }
 
 func mapManifestErr(err error) error {
@@ -59,33 +87,52 @@ func mapManifestErr(err error) error {
 
 // manifestByDigest makes sure the manifest is stored and belongs to the
 // repository: by digest it is immutable, so once linked upstream is never
-// asked again. Content stored for another repository is confirmed with
-// upstream first (a registry answers 404 for a digest that is not in the
-// repository), unless upstream is unreachable.
+// asked again. Content stored for another repository is served only after
+// upstream confirmed that this repository has it too (a registry answers
+// 404 for a digest that is not in the repository); offline it is not.
 func (c *Cache) manifestByDigest(r route, d v1.Hash) (outcome, error) {
-	if c.store.Linked(r.key, d) {
+	if c.store.Linked(r.key, d) && c.store.HasBlob(d) {
 		return outcomeHit, nil
 	}
+	stored := c.store.HasBlob(d)
 	_, err, _ := c.manifests.Do(r.key+"@"+d.String(), func() (any, error) {
-		if c.store.Linked(r.key, d) {
-			return d, nil
+		if !c.track() {
+			return nil, errShuttingDown
 		}
-		return c.fetchManifest(r, d.String(), "")
+		defer c.work.Done()
+		if c.store.Linked(r.key, d) && c.store.HasBlob(d) {
+			return nil, nil
+		}
+		if stored { // confirm with a HEAD, then link what we have
+			if _, err := r.up.Head(c.ctx, r.repo, d.String()); err != nil {
+				return nil, err
+			}
+			return nil, c.store.Link(r.key, d)
+		}
+		_, err := c.fetchManifest(r, d.String(), "")
+		return nil, err
 	})
-	if err != nil && (isUnavailable(err) || r.up.Down()) && c.store.HasBlob(d) {
-		return outcomeStale, nil
+	if err == nil && !stored {
+		return outcomeMiss, nil
 	}
-	return outcomeMiss, err
+	return outcomeHit, err
 }
 
+var errShuttingDown = newError(http.StatusServiceUnavailable, transport.UnavailableErrorCode, "shutting down")
+
 // resolveTag returns the digest a tag should be served as: from the store
-// while fresh, revalidated with a HEAD when stale, the stale one when
-// upstream cannot answer, fetched when missing or moved. Concurrent requests
-// for one tag share one upstream round.
+// while fresh; when stale, what upstream says within the revalidation
+// deadline, else the cached one (the revalidation goes on in the
+// background and its answer is kept for the next request); fetched when
+// missing. Concurrent requests for one tag share one upstream round.
 func (c *Cache) resolveTag(r route) (v1.Hash, outcome, error) {
 	cached, err := c.store.Tag(r.key, r.ref)
-	if err == nil && c.now().Sub(cached.CheckedAt) < r.up.tagTTL {
-		return cached.Digest, outcomeHit, nil
+	if err == nil {
+		// A confirmation in the future (a clock that was set back, a Pi
+		// without a real-time clock) is stale, not fresh for ever.
+		if age := c.now().Sub(cached.CheckedAt); age >= 0 && age < r.up.tagTTL {
+			return cached.Digest, outcomeHit, nil
+		}
 	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return v1.Hash{}, outcomeNone, err
@@ -94,18 +141,36 @@ func (c *Cache) resolveTag(r route) (v1.Hash, outcome, error) {
 	if haveCached && r.up.Down() {
 		return cached.Digest, outcomeStale, nil
 	}
-	v, err, _ := c.manifests.Do(r.key+":"+r.ref, func() (any, error) {
+	ch := c.manifests.DoChan(r.key+":"+r.ref, func() (any, error) {
+		if !c.track() {
+			return nil, errShuttingDown
+		}
+		defer c.work.Done()
 		if !haveCached {
 			d, err := c.fetchManifest(r, r.ref, r.ref)
 			return tagResult{d, outcomeMiss}, err
 		}
 		return c.revalidate(r, cached)
 	})
-	if err != nil {
-		return v1.Hash{}, outcomeNone, err
+	var res singleflight.Result
+	if !haveCached {
+		res = <-ch
+	} else {
+		timer := time.NewTimer(r.up.revalidateTimeout)
+		defer timer.Stop()
+		select {
+		case res = <-ch:
+		case <-timer.C:
+			c.log.Info("serving stale tag: upstream is slow to answer", "repo", r.key, "tag", r.ref,
+				"waited", r.up.revalidateTimeout.String())
+			return cached.Digest, outcomeStale, nil
+		}
 	}
-	res := v.(tagResult)
-	return res.d, res.out, nil
+	if res.Err != nil {
+		return v1.Hash{}, outcomeNone, res.Err
+	}
+	tr := res.Val.(tagResult)
+	return tr.d, tr.out, nil
 }
 
 // tagResult is what one upstream round for a tag yields to all its waiters.
@@ -114,26 +179,25 @@ type tagResult struct {
 	out outcome
 }
 
-// revalidate asks upstream (HEAD, short deadline) whether a stale tag moved.
+// revalidate asks upstream whether a stale tag moved, fetching it if it did.
 func (c *Cache) revalidate(r route, cached store.Tag) (any, error) {
 	desc, err := r.up.Head(c.ctx, r.repo, r.ref)
-	var ue upstreamError
 	switch {
 	case err == nil && desc.Digest == cached.Digest:
-		if err := c.store.ConfirmTag(r.key, r.ref, cached.Digest, c.now()); err != nil {
+		if err := c.store.ConfirmTag(r.key, r.ref, cached.Digest, c.now()); err != nil && !errors.Is(err, store.ErrNoSpace) {
 			return nil, err
 		}
 		return tagResult{cached.Digest, outcomeHit}, nil
 	case err == nil: // moved, or upstream did not say: fetch it
 		d, err := c.fetchManifest(r, r.ref, r.ref)
-		if err != nil && isUnavailable(err) {
+		if err != nil && (isUnavailable(err) || errors.Is(err, store.ErrNoSpace)) {
 			c.log.Warn("serving stale tag", "repo", r.key, "tag", r.ref, "err", err)
 			return tagResult{cached.Digest, outcomeStale}, nil
 		}
 		return tagResult{d, outcomeMiss}, err
-	case errors.As(err, &ue) && ue.NotFound():
-		// A definite answer wins over the cache.
-		if err := c.store.DeleteTag(r.key, r.ref); err != nil {
+	case isNotFound(err):
+		// Every URL of the upstream says it is gone: that wins over the cache.
+		if err := c.store.DeleteTag(r.key, r.ref); err != nil && !errors.Is(err, store.ErrNoSpace) {
 			return nil, err
 		}
 		return nil, err
@@ -143,43 +207,36 @@ func (c *Cache) revalidate(r route, cached store.Tag) (any, error) {
 	}
 }
 
-func isNotFound(err error) bool {
-	var ue upstreamError
-	return errors.As(err, &ue) && ue.NotFound()
-}
-
-func isUnavailable(err error) bool {
-	var ue upstreamError
-	return errors.As(err, &ue) && ue.Unavailable()
-}
-
 // fetchManifest fetches ref from upstream and stores it, tagging it when tag
 // is set, in one session.
 func (c *Cache) fetchManifest(r route, ref, tag string) (v1.Hash, error) {
-	if r.up.Down() {
-		return v1.Hash{}, notCachedOffline(transport.ManifestUnknownErrorCode, "upstream %s is down", r.up.Name())
-	}
-	ctx, cancel := context.WithTimeout(c.ctx, manifestFetchTimeout)
-	defer cancel()
-	b, desc, err := r.up.Manifest(ctx, r.repo, ref)
+	b, desc, err := r.up.Manifest(c.ctx, r.repo, ref)
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	sess, err := c.store.Begin(store.KindFill)
+	sess, err := c.store.Begin(store.KindFill, r.key)
 	if err != nil {
 		return v1.Hash{}, err
 	}
 	defer sess.Abort()
 	d, err := sess.Manifest(r.key, b, string(desc.MediaType))
 	if err != nil {
+		c.noteNoSpace(err)
 		return v1.Hash{}, err
 	}
 	if tag != "" {
 		sess.Tag(r.key, tag, d)
 	}
 	if err := sess.Commit(); err != nil {
+		c.noteNoSpace(err)
 		return v1.Hash{}, err
 	}
 	c.log.Debug("stored manifest", "repo", r.key, "ref", ref, "digest", d, "size", strconv.Itoa(len(b)))
 	return d, nil
+}
+
+func (c *Cache) noteNoSpace(err error) {
+	if errors.Is(err, store.ErrNoSpace) {
+		c.metrics.fillsRefused.WithLabelValues("disk_full").Inc()
+	}
 }

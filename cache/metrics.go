@@ -7,13 +7,17 @@ import (
 // metrics are the front end's Prometheus collectors. Labels never carry a
 // repository, tag or digest: their number must stay bounded.
 type metrics struct {
-	requests      *prometheus.CounterVec   // route, method, code
-	duration      *prometheus.HistogramVec // route
-	results       *prometheus.CounterVec   // kind, result
-	servedBytes   *prometheus.CounterVec   // source
-	fillsInFlight prometheus.Gauge
-	fillWaiters   prometheus.Counter
-	fillsCut      prometheus.Counter
+	requests       *prometheus.CounterVec   // route, method, code
+	duration       *prometheus.HistogramVec // route
+	results        *prometheus.CounterVec   // kind, result
+	servedBytes    *prometheus.CounterVec   // source
+	fillsInFlight  prometheus.Gauge
+	fillWaiters    prometheus.Counter
+	fillsCut       prometheus.Counter
+	fillsRefused   *prometheus.CounterVec // reason
+	fillsAbandoned prometheus.Counter
+	conns          prometheus.Gauge
+	connsRefused   *prometheus.CounterVec // reason
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -26,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"route"}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "outpost_cache_results_total", Help: "Manifest and blob requests by how they were served: hit, miss, stale (upstream unreachable) or fill (streamed while downloading).",
+			Name: "outpost_cache_results_total", Help: "Manifest and blob requests by how they were served: hit, miss, stale (upstream unreachable or slow) or fill (streamed while downloading).",
 		}, []string{"kind", "result"}),
 		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outpost_served_bytes_total", Help: "Bytes of blob and manifest bodies sent to clients, by source: store or fill.",
@@ -40,9 +44,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		fillsCut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "outpost_fill_responses_cut_total", Help: "Responses streamed from a download that ended before the client had every byte (digest mismatch, upstream failure, shutdown, client gone).",
 		}),
+		fillsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_fills_refused_total", Help: "Downloads not started, by reason: busy (every download slot taken) or disk_full (free space below the reserve).",
+		}, []string{"reason"}),
+		fillsAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outpost_fills_abandoned_total", Help: "Downloads cancelled because no client waited for them any more.",
+		}),
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_http_connections", Help: "Open client connections.",
+		}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_http_connections_refused_total", Help: "Client connections refused, by limit: total or per_ip.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.results, m.servedBytes, m.fillsInFlight, m.fillWaiters, m.fillsCut)
+		reg.MustRegister(m.requests, m.duration, m.results, m.servedBytes, m.fillsInFlight, m.fillWaiters, m.fillsCut,
+			m.fillsRefused, m.fillsAbandoned, m.conns, m.connsRefused)
 	}
 	return m
 }

@@ -24,10 +24,7 @@ func (namedUpstream) Head(context.Context, string, string) (v1.Descriptor, error
 func (namedUpstream) Blob(context.Context, string, v1.Hash, int64) (io.ReadCloser, int64, error) {
 	panic("routing test does not fetch")
 }
-func (namedUpstream) Tags(context.Context, string) ([]string, error) {
-	panic("routing test does not fetch")
-}
-func (namedUpstream) Referrers(context.Context, string, v1.Hash) ([]v1.Descriptor, error) {
+func (namedUpstream) BlobHead(context.Context, string, v1.Hash) (int64, error) {
 	panic("routing test does not fetch")
 }
 

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -19,12 +22,28 @@ type Config struct {
 	Admin     Admin      `yaml:"admin"`
 	Storage   Storage    `yaml:"storage"`
 	Log       Log        `yaml:"log"`
+	Fills     Fills      `yaml:"fills"`
 	Upstreams []Upstream `yaml:"upstreams"`
 }
 
 // HTTP configures the listener clients talk to.
 type HTTP struct {
-	Address string `yaml:"address"` // client listener, default ":5000"
+	Address             string   `yaml:"address"`             // client listener, default ":5000"
+	MaxConnections      int      `yaml:"maxConnections"`      // open client connections in all, default 1024
+	MaxConnectionsPerIP int      `yaml:"maxConnectionsPerIP"` // from one address, default 128
+	WriteTimeout        Duration `yaml:"writeTimeout"`        // a client that reads nothing this long is dropped, default 60s
+	ReadTimeout         Duration `yaml:"readTimeout"`         // reading one request, default 30s
+	IdleTimeout         Duration `yaml:"idleTimeout"`         // an idle keep-alive connection, default 2m
+}
+
+// Fills bound the downloads from upstreams.
+type Fills struct {
+	Max          int      `yaml:"max"`          // concurrent downloads in all, default 16
+	PerUpstream  int      `yaml:"perUpstream"`  // per upstream unless it sets maxFills, default 8
+	Queue        Duration `yaml:"queue"`        // how long a request waits for a free slot before 429, default 10s
+	AbandonAfter Duration `yaml:"abandonAfter"` // a download nobody waits for is cancelled after this, unless nearly done; default 5s
+	MaxBlobSize  Size     `yaml:"maxBlobSize"`  // larger blobs are refused, default 16GiB; 0: no limit
+	Timeout      Duration `yaml:"timeout"`      // one blob download from start to end, default 1h
 }
 
 // Admin configures the operator listener: /metrics, /healthz, /readyz.
@@ -34,7 +53,8 @@ type Admin struct {
 
 // Storage configures where cached content lives.
 type Storage struct {
-	Root string `yaml:"root"` // default "./outpost-data"
+	Root    string `yaml:"root"`    // default "./outpost-data"
+	Reserve Size   `yaml:"reserve"` // free disk space kept for metadata: no new content below it; default 64MiB
 }
 
 // Log configures logging.
@@ -49,7 +69,14 @@ type Upstream struct {
 	URLs              []string `yaml:"urls"`              // tried in order (failover); scheme://host[:port], no trailing slash after Parse
 	Default           bool     `yaml:"default"`           // serves names without a registry host; at most one upstream
 	TagTTL            Duration `yaml:"tagTTL"`            // default 5m; 0 means always revalidate
-	RevalidateTimeout Duration `yaml:"revalidateTimeout"` // deadline of a tag revalidation HEAD, default 2s, must be >0
+	RevalidateTimeout Duration `yaml:"revalidateTimeout"` // how long a stale tag waits for upstream before the cached one is served, default 2s, must be >0
+	RequestTimeout    Duration `yaml:"requestTimeout"`    // one upstream request until its answer, default 20s
+	ProbeTimeout      Duration `yaml:"probeTimeout"`      // one health probe, default 15s
+	ProbeInterval     Duration `yaml:"probeInterval"`     // how often an unhealthy upstream or URL is probed, default 5s
+	DownAfter         int      `yaml:"downAfter"`         // connection failures within downWindow that mark it down, default 3
+	DownWindow        Duration `yaml:"downWindow"`        // default 1m
+	Failback          Duration `yaml:"failback"`          // how long a failed URL is passed over, default 1m
+	MaxFills          int      `yaml:"maxFills"`          // concurrent downloads from this upstream, default fills.perUpstream
 	Insecure          bool     `yaml:"insecure"`          // plain HTTP / unverified TLS; an http:// URL requires insecure: true
 	CAFile            string   `yaml:"caFile"`            // extra PEM CA bundle for this upstream
 	Username          string   `yaml:"username"`          // basic/bearer credentials
@@ -69,6 +96,7 @@ const (
 	DefaultLogFormat         = "auto"
 	DefaultTagTTL            = Duration(5 * time.Minute)
 	DefaultRevalidateTimeout = Duration(2 * time.Second)
+	DefaultMaxBlobSize       = Size(16 << 30)
 )
 
 //go:embed default.yaml
@@ -125,6 +153,46 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || d.UnmarshalText([]byte(n.Value)) != nil {
 		return &yaml.TypeError{Errors: []string{fmt.Sprintf(
 			"line %d: cannot unmarshal %s `%s` into configs.Duration", n.Line, n.ShortTag(), n.Value)}}
+	}
+	return nil
+}
+
+// Size is a number of bytes written as "64MiB", "16GiB", "500MB" or a plain
+// number in YAML.
+type Size int64
+
+// String prints s in binary units where it divides evenly.
+func (s Size) String() string {
+	for _, u := range []struct {
+		suffix string
+		n      int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if s != 0 && int64(s)%u.n == 0 {
+			return strconv.FormatInt(int64(s)/u.n, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(s), 10)
+}
+
+// MarshalText makes YAML and JSON output read "64MiB".
+func (s Size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses "64MiB", "1.5GB", "4096".
+func (s *Size) UnmarshalText(b []byte) error {
+	n, err := humanize.ParseBytes(string(b))
+	if err != nil || n > math.MaxInt64 {
+		return fmt.Errorf("%q is not a size like 64MiB, 16GiB or 500MB", b)
+	}
+	*s = Size(n)
+	return nil
+}
+
+// UnmarshalYAML reports a bad size like yaml.v3's own type errors (see
+// Duration.UnmarshalYAML).
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || s.UnmarshalText([]byte(n.Value)) != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf(
+			"line %d: cannot unmarshal %s `%s` into configs.Size", n.Line, n.ShortTag(), n.Value)}}
 	}
 	return nil
 }

@@ -172,7 +172,7 @@ var (
 var goTypes = map[string]reflect.Type{}
 
 func init() {
-	for _, v := range []any{Config{}, HTTP{}, Storage{}, Log{}, Upstream{}} {
+	for _, v := range []any{Config{}, HTTP{}, Admin{}, Storage{}, Log{}, Fills{}, Upstream{}} {
 		t := reflect.TypeOf(v)
 		goTypes[t.String()] = t
 	}
@@ -247,6 +247,10 @@ func describe(goType string) string {
 		return `a list of upstreams (entries starting with "- name:")`
 	case "configs.Duration":
 		return "a duration like 5m, 30s or 1h30m"
+	case "configs.Size":
+		return "a size like 64MiB, 16GiB or 500MB"
+	case "int":
+		return "a whole number"
 	case "configs.Config":
 		return "a mapping with keys like http, storage, log, upstreams"
 	}
@@ -335,6 +339,9 @@ func (c *Config) applyDefaults(set map[string]bool) {
 	def(&c.Storage.Root, "storage.root", DefaultStorageRoot)
 	def(&c.Log.Level, "log.level", DefaultLogLevel)
 	def(&c.Log.Format, "log.format", DefaultLogFormat)
+	if !set["fills.maxBlobSize"] {
+		c.Fills.MaxBlobSize = DefaultMaxBlobSize
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		if !set[fmt.Sprintf("upstreams[%d].tagTTL", i)] {

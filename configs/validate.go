@@ -63,6 +63,29 @@ func (c *Config) Validate() error {
 	if c.Storage.Root == "" {
 		bad("storage.root", "must not be empty")
 	}
+	if c.Storage.Reserve != 0 && c.Storage.Reserve < 4<<20 {
+		bad("storage.reserve", "%s is too small to keep Badger writable; give at least 4MiB (the default is 64MiB)", c.Storage.Reserve)
+	}
+	notNegative := func(path string, n int) {
+		if n < 0 {
+			bad(path, "%d must not be negative (0 means the default)", n)
+		}
+	}
+	notNegativeD := func(path string, d Duration) {
+		if d < 0 {
+			bad(path, "%s must not be negative (0 means the default)", d)
+		}
+	}
+	notNegative("http.maxConnections", c.HTTP.MaxConnections)
+	notNegative("http.maxConnectionsPerIP", c.HTTP.MaxConnectionsPerIP)
+	notNegativeD("http.writeTimeout", c.HTTP.WriteTimeout)
+	notNegativeD("http.readTimeout", c.HTTP.ReadTimeout)
+	notNegativeD("http.idleTimeout", c.HTTP.IdleTimeout)
+	notNegative("fills.max", c.Fills.Max)
+	notNegative("fills.perUpstream", c.Fills.PerUpstream)
+	notNegativeD("fills.queue", c.Fills.Queue)
+	notNegativeD("fills.abandonAfter", c.Fills.AbandonAfter)
+	notNegativeD("fills.timeout", c.Fills.Timeout)
 	if !slices.Contains(logLevels, c.Log.Level) {
 		bad("log.level", "%q is not one of %s", c.Log.Level, strings.Join(logLevels, ", "))
 	}
@@ -108,6 +131,13 @@ func (c *Config) Validate() error {
 		if u.RevalidateTimeout <= 0 {
 			bad(p+".revalidateTimeout", "%s must be more than 0, like 2s", u.RevalidateTimeout)
 		}
+		notNegativeD(p+".requestTimeout", u.RequestTimeout)
+		notNegativeD(p+".probeTimeout", u.ProbeTimeout)
+		notNegativeD(p+".probeInterval", u.ProbeInterval)
+		notNegativeD(p+".downWindow", u.DownWindow)
+		notNegativeD(p+".failback", u.Failback)
+		notNegative(p+".downAfter", u.DownAfter)
+		notNegative(p+".maxFills", u.MaxFills)
 
 		if u.CAFile != "" {
 			if b, err := os.ReadFile(u.CAFile); err != nil {

@@ -4,116 +4,116 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
+	"net/url"
 	"strings"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// maxManifestSize bounds what we read of a manifest; registries commonly
-// refuse manifests above 4 MiB.
-const maxManifestSize = 4 << 20
-
-// acceptManifests asks for every manifest kind, so that what is stored is
-// exactly what upstream has (an index by tag keeps its digest).
-var acceptManifests = strings.Join([]string{
-	string(types.OCIImageIndex), string(types.OCIManifestSchema1),
-	string(types.DockerManifestList), string(types.DockerManifestSchema2),
-}, ", ")
-
-// Manifest fetches a manifest by tag or digest. The bytes are verified
-// against the digest asked for, or against Docker-Content-Digest for a tag.
+// Manifest fetches a manifest by tag or digest. It comes back only if it is
+// a manifest of a supported media type and its bytes hash to the digest
+// asked for, or for a tag to Docker-Content-Digest when upstream sent one.
 func (u *Upstream) Manifest(ctx context.Context, repo, ref string) ([]byte, v1.Descriptor, error) {
-	resp, err := u.do(ctx, "manifest", http.MethodGet, repo, "/manifests/"+ref, http.Header{"Accept": {acceptManifests}})
+	ctx, cancel := context.WithTimeout(ctx, u.opts.RequestTimeout)
+	defer cancel()
+	resp, err := u.do(ctx, "manifest", http.MethodGet, repo, "/manifests/"+ref, nil, http.Header{"Accept": {acceptManifests}})
 	if err != nil {
 		return nil, v1.Descriptor{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, v1.Descriptor{}, u.responseError("manifest", resp)
+		return nil, v1.Descriptor{}, u.failed(responseError(u.opts.Name, "manifest", resp))
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	if err != nil {
-		return nil, v1.Descriptor{}, &Error{Upstream: u.opts.Name, Op: "manifest", Err: err}
-	}
-	if len(b) > maxManifestSize {
-		return nil, v1.Descriptor{}, &Error{Upstream: u.opts.Name, Op: "manifest", Status: http.StatusBadGateway,
-			Err: fmt.Errorf("%s:%s is larger than %d bytes", repo, ref, maxManifestSize)}
-	}
-	got, size, _ := v1.SHA256(bytes.NewReader(b))
-	want, isDigest := digestRef(ref)
-	if !isDigest {
-		want, _ = v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+		return nil, v1.Descriptor{}, u.failed(&Error{Upstream: u.opts.Name, Op: "manifest", Err: redactErr(err)})
 	}
 	u.opts.Metrics.fetchedBytes.WithLabelValues(u.opts.Name).Add(float64(len(b)))
-	if want.Algorithm == "sha256" && want != got {
-		return nil, v1.Descriptor{}, u.failed(&Error{Upstream: u.opts.Name, Op: "manifest", Mismatch: true,
-			Err: fmt.Errorf("%s@%s: content hashes to %s", repo, want, got)})
+	bad := func(mismatch bool, format string, a ...any) error {
+		return u.failed(&Error{Upstream: u.opts.Name, Op: "manifest", Mismatch: mismatch, Invalid: !mismatch,
+			Err: fmt.Errorf("%s:%s: "+format, append([]any{repo, ref}, a...)...)})
 	}
-	mt := manifestMediaType(resp.Header.Get("Content-Type"), b)
+	if len(b) > maxManifestSize {
+		return nil, v1.Descriptor{}, bad(false, "larger than %d bytes", maxManifestSize)
+	}
+	want, isDigest := digestRef(ref)
+	if !isDigest {
+		if h := resp.Header.Get("Docker-Content-Digest"); h != "" {
+			if want, err = v1.NewHash(h); err != nil {
+				return nil, v1.Descriptor{}, bad(false, "bad Docker-Content-Digest %q", h)
+			}
+		}
+	}
+	got, size, _ := v1.SHA256(bytes.NewReader(b))
+	if want.Hex != "" {
+		if ok, err := hashes(b, want); err != nil || !ok {
+			return nil, v1.Descriptor{}, bad(true, "content does not hash to %s", want)
+		}
+	}
+	mt, err := CheckManifest(b, resp.Header.Get("Content-Type"))
+	if err != nil {
+		return nil, v1.Descriptor{}, bad(false, "%v", err)
+	}
 	return b, v1.Descriptor{MediaType: types.MediaType(mt), Size: size, Digest: got}, nil
 }
 
-// Head asks upstream what a tag (or digest) points at, within the
-// revalidation deadline. The digest is zero if upstream did not say.
+// hashes reports whether b hashes to d (sha256 or sha512).
+func hashes(b []byte, d v1.Hash) (bool, error) {
+	h, err := v1.Hasher(d.Algorithm)
+	if err != nil {
+		return false, err
+	}
+	h.Write(b)
+	return fmt.Sprintf("%x", h.Sum(nil)) == d.Hex, nil
+}
+
+// Head asks upstream what a tag (or digest) points at. The digest is zero
+// if upstream did not say.
 func (u *Upstream) Head(ctx context.Context, repo, ref string) (v1.Descriptor, error) {
-	ctx, cancel := context.WithTimeout(ctx, u.opts.RevalidateTimeout)
+	ctx, cancel := context.WithTimeout(ctx, u.opts.RequestTimeout)
 	defer cancel()
-	resp, err := u.do(ctx, "head", http.MethodHead, repo, "/manifests/"+ref, http.Header{"Accept": {acceptManifests}})
+	resp, err := u.do(ctx, "head", http.MethodHead, repo, "/manifests/"+ref, nil, http.Header{"Accept": {acceptManifests}})
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return v1.Descriptor{}, u.responseError("head", resp)
+		return v1.Descriptor{}, u.failed(responseError(u.opts.Name, "head", resp))
 	}
 	resp.Body.Close()
 	d, _ := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
 	return v1.Descriptor{MediaType: types.MediaType(mediaTypeOf(resp.Header.Get("Content-Type"))), Size: resp.ContentLength, Digest: d}, nil
 }
 
-// Blob opens a blob from offset on. size is the blob's total size, or -1 if
-// upstream did not say. The caller verifies the bytes and closes the body.
-func (u *Upstream) Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error) {
-	header := http.Header{}
-	if offset > 0 {
-		header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-	}
-	resp, err := u.do(ctx, "blob", http.MethodGet, repo, "/blobs/"+d.String(), header)
+// BlobHead asks upstream whether repo has blob d, and its size, without
+// downloading it.
+func (u *Upstream) BlobHead(ctx context.Context, repo string, d v1.Hash) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.opts.RequestTimeout)
+	defer cancel()
+	resp, err := u.do(ctx, "blobhead", http.MethodHead, repo, "/blobs/"+d.String(), nil, nil)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
-	switch {
-	case resp.StatusCode == http.StatusOK:
-		body := u.blobBody(resp.Body)
-		if offset > 0 { // upstream ignored Range: skip what we have
-			if _, err := io.CopyN(io.Discard, body, offset); err != nil {
-				body.Close()
-				return nil, 0, &Error{Upstream: u.opts.Name, Op: "blob", Err: err}
-			}
-		}
-		return body, resp.ContentLength, nil
-	case resp.StatusCode == http.StatusPartialContent && offset > 0:
-		return u.blobBody(resp.Body), contentRangeTotal(resp.Header.Get("Content-Range")), nil
+	if resp.StatusCode != http.StatusOK {
+		return 0, u.failed(responseError(u.opts.Name, "blobhead", resp))
 	}
-	return nil, 0, u.responseError("blob", resp)
-}
-
-// contentRangeTotal reads the total of "bytes a-b/total", or -1.
-func contentRangeTotal(v string) int64 {
-	_, total, ok := strings.Cut(v, "/")
-	if !ok {
-		return -1
+	resp.Body.Close()
+	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != d.String() {
+		return 0, u.failed(&Error{Upstream: u.opts.Name, Op: "blobhead", Mismatch: true,
+			Err: fmt.Errorf("asked for %s, upstream says %s", d, h)})
 	}
-	n, err := strconv.ParseInt(total, 10, 64)
-	if err != nil {
-		return -1
+	if resp.ContentLength < 0 {
+		return 0, u.failed(&Error{Upstream: u.opts.Name, Op: "blobhead", Invalid: true, Err: fmt.Errorf("no Content-Length for %s", d)})
 	}
-	return n
+	if u.opts.MaxBlobSize > 0 && resp.ContentLength > u.opts.MaxBlobSize {
+		return 0, u.failed(&Error{Upstream: u.opts.Name, Op: "blobhead", Invalid: true,
+			Err: fmt.Errorf("%s is %d bytes, more than the limit of %d", d, resp.ContentLength, u.opts.MaxBlobSize)})
+	}
+	return resp.ContentLength, nil
 }
 
 func digestRef(ref string) (v1.Hash, bool) {
@@ -124,112 +124,114 @@ func digestRef(ref string) (v1.Hash, bool) {
 	return h, err == nil
 }
 
-// manifestMediaType trusts a specific Content-Type; for a generic one it
-// reads the manifest's own mediaType field.
-func manifestMediaType(contentType string, b []byte) string {
-	mt := mediaTypeOf(contentType)
-	if mt != "" && mt != "application/json" && mt != "text/plain" && mt != "application/octet-stream" {
-		return mt
-	}
-	var m struct {
-		MediaType string `json:"mediaType"`
-		Manifests []any  `json:"manifests"`
-	}
-	if json.Unmarshal(b, &m) == nil {
-		switch {
-		case m.MediaType != "":
-			return m.MediaType
-		case m.Manifests != nil:
-			return string(types.OCIImageIndex)
-		}
-	}
-	return string(types.OCIManifestSchema1)
-}
-
-// maxTagPages bounds how many pages of a tag list are followed.
-const maxTagPages = 50
+// Bounds of a tag list: pages followed, bytes per page, tags in all. A list
+// beyond them is cut there (what was read is returned).
+const (
+	maxTagPages     = 50
+	maxTagPageBytes = 4 << 20
+	maxTags         = 100_000
+)
 
 // Tags lists a repository's tags upstream, following Link pagination.
 func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
 	var tags []string
-	query := "n=1000"
-	for page := 0; page < maxTagPages && query != ""; page++ {
-		resp, err := u.do(ctx, "tags", http.MethodGet, repo, "/tags/list?"+query, nil)
+	query := url.Values{"n": {"1000"}}
+	for page := 0; page < maxTagPages && query != nil && len(tags) < maxTags; page++ {
+		list, next, err := u.tagPage(ctx, repo, query)
 		if err != nil {
 			return nil, err
 		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, u.responseError("tags", resp)
-		}
-		var list struct {
-			Tags []string `json:"tags"`
-		}
-		err = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list)
-		resp.Body.Close()
-		if err != nil {
-			return nil, &Error{Upstream: u.opts.Name, Op: "tags", Err: err}
-		}
-		tags = append(tags, list.Tags...)
-		query = nextQuery(resp.Header.Get("Link"))
+		tags = append(tags, list...)
+		query = next
+	}
+	if len(tags) > maxTags {
+		tags = tags[:maxTags]
 	}
 	return tags, nil
 }
 
-// nextQuery extracts the query of a `<url>; rel="next"` Link header.
-func nextQuery(link string) string {
+func (u *Upstream) tagPage(ctx context.Context, repo string, query url.Values) ([]string, url.Values, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.opts.RequestTimeout)
+	defer cancel()
+	resp, err := u.do(ctx, "tags", http.MethodGet, repo, "/tags/list", query, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, u.failed(responseError(u.opts.Name, "tags", resp))
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxTagPageBytes+1))
+	if err != nil {
+		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: "tags", Err: redactErr(err)})
+	}
+	if len(b) > maxTagPageBytes {
+		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: "tags", Invalid: true,
+			Err: fmt.Errorf("a page of the tag list is larger than %d bytes", maxTagPageBytes)})
+	}
+	var list struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: "tags", Invalid: true, Err: fmt.Errorf("not a tag list: %v", firstLine(err))})
+	}
+	return list.Tags, nextQuery(resp.Header.Get("Link")), nil
+}
+
+// nextQuery extracts the query of a `<url>; rel="next"` Link header, or nil.
+func nextQuery(link string) url.Values {
 	target, _, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(link), "<"), ">")
 	if !ok {
-		return ""
+		return nil
 	}
 	_, q, _ := strings.Cut(target, "?")
-	return q
-}
-
-// blobBody wraps a blob body: it counts bytes as fetched from upstream,
-// and closes the body when a read waits longer than the idle timeout, since
-// a dead uplink often drops packets silently instead of resetting. The
-// caller's next read then fails, and it can resume with Range.
-func (u *Upstream) blobBody(body io.ReadCloser) io.ReadCloser {
-	b := &blobBody{ReadCloser: body, idle: u.opts.BodyIdleTimeout,
-		counter: u.opts.Metrics.fetchedBytes.WithLabelValues(u.opts.Name)}
-	b.timer = time.AfterFunc(b.idle, func() { body.Close() })
-	b.timer.Stop()
-	return b
-}
-
-type blobBody struct {
-	io.ReadCloser
-	idle    time.Duration
-	timer   *time.Timer
-	counter interface{ Add(float64) }
-}
-
-func (b *blobBody) Read(p []byte) (int, error) {
-	b.timer.Reset(b.idle)
-	n, err := b.ReadCloser.Read(p)
-	if !b.timer.Stop() && err != nil {
-		err = fmt.Errorf("no data for %v: %w", b.idle, err)
+	v, err := url.ParseQuery(q)
+	if err != nil || len(v) == 0 {
+		return nil
 	}
-	b.counter.Add(float64(n))
-	return n, err
+	return v
 }
 
-// Referrers lists the manifests upstream knows whose subject is d (the OCI
-// 1.1 referrers API). A registry without that API answers 404, which comes
-// back as an *Error whose NotFound is true.
+// Referrers lists the manifests upstream knows whose subject is d: with the
+// OCI 1.1 referrers API, or where upstream lacks it (404), from the tag
+// schema's index (the tag <alg>-<hex>). Nothing known is an empty list.
 func (u *Upstream) Referrers(ctx context.Context, repo string, d v1.Hash) ([]v1.Descriptor, error) {
-	resp, err := u.do(ctx, "referrers", http.MethodGet, repo, "/referrers/"+d.String(),
+	descs, err := u.referrersAPI(ctx, repo, d)
+	var ue *Error
+	if err == nil || !errors.As(err, &ue) || !ue.NotFound() {
+		return descs, err
+	}
+	b, desc, err := u.Manifest(ctx, repo, d.Algorithm+"-"+d.Hex)
+	switch {
+	case errors.As(err, &ue) && ue.NotFound():
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case !desc.MediaType.IsIndex():
+		return nil, nil
+	}
+	index, err := v1.ParseIndexManifest(bytes.NewReader(b))
+	if err != nil {
+		return nil, nil
+	}
+	return index.Manifests, nil
+}
+
+func (u *Upstream) referrersAPI(ctx context.Context, repo string, d v1.Hash) ([]v1.Descriptor, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.opts.RequestTimeout)
+	defer cancel()
+	resp, err := u.do(ctx, "referrers", http.MethodGet, repo, "/referrers/"+d.String(), nil,
 		http.Header{"Accept": {string(types.OCIImageIndex)}})
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, u.responseError("referrers", resp)
+		return nil, u.failed(responseError(u.opts.Name, "referrers", resp))
 	}
 	defer resp.Body.Close()
 	index, err := v1.ParseIndexManifest(io.LimitReader(resp.Body, maxManifestSize))
 	if err != nil {
-		return nil, &Error{Upstream: u.opts.Name, Op: "referrers", Err: err}
+		return nil, u.failed(&Error{Upstream: u.opts.Name, Op: "referrers", Invalid: true, Err: fmt.Errorf("not an index: %v", firstLine(err))})
 	}
 	return index.Manifests, nil
 }

@@ -9,6 +9,7 @@ type Metrics struct {
 	errors       *prometheus.CounterVec   // upstream, op, reason
 	up           *prometheus.GaugeVec     // upstream
 	fetchedBytes *prometheus.CounterVec   // upstream
+	failovers    *prometheus.CounterVec   // upstream
 }
 
 // NewMetrics creates the collectors and registers them on reg (if not nil).
@@ -19,7 +20,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"upstream", "op"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "outpost_upstream_errors_total", Help: "Failed upstream calls by upstream, operation and reason (unreachable, status code, down, mismatch).",
+			Name: "outpost_upstream_errors_total", Help: "Failed upstream calls by upstream, operation and reason (unreachable, status code, down, mismatch, invalid, redirect).",
 		}, []string{"upstream", "op", "reason"}),
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "outpost_upstream_up", Help: "1 while the upstream is considered reachable, 0 while marked down.",
@@ -27,9 +28,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		fetchedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outpost_upstream_fetched_bytes_total", Help: "Bytes of manifests and blobs received from upstream.",
 		}, []string{"upstream"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_upstream_failovers_total", Help: "Requests answered by an upstream URL other than the first one tried.",
+		}, []string{"upstream"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.latency, m.errors, m.up, m.fetchedBytes)
+		reg.MustRegister(m.latency, m.errors, m.up, m.fetchedBytes, m.failovers)
 	}
 	return m
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,8 +23,9 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 )
 
-// Options configure one upstream registry. Zero durations and counts take
-// the defaults noted.
+// Options configure one upstream registry: where it is, how it is reached,
+// and the transfer policy for everything fetched from it. Zero durations
+// and counts take the defaults noted.
 type Options struct {
 	Name     string   // the registry host clients think they talk to, e.g. docker.io
 	URLs     []string // tried in order; scheme://host[:port]
@@ -33,16 +33,24 @@ type Options struct {
 	CAFile   string   // extra PEM roots
 	Auth     authn.Authenticator
 
-	RevalidateTimeout time.Duration // deadline of Head, default 2s
-	RetryMax          int           // retries per URL, default 2
-	RetryWaitMin      time.Duration // default 100ms
-	RetryWaitMax      time.Duration // also the longest Retry-After honoured, default 3s
-	DownAfter         int           // consecutive failures before marked down, default 2
-	ProbeInterval     time.Duration // how often a down upstream is probed, default 5s
-	BodyIdleTimeout   time.Duration // a blob body silent this long is broken, default 60s
-	UserAgent         string
-	Logger            *slog.Logger
-	Metrics           *Metrics // shared by all upstreams; nil: not exported
+	RequestTimeout  time.Duration // one request until its answer (a manifest: its body too), retries included; default 20s
+	ProbeTimeout    time.Duration // one health probe; default 15s
+	ProbeInterval   time.Duration // how often something unhealthy is probed; default 5s
+	DownAfter       int           // connection-level failures within DownWindow that mark the upstream down; default 3
+	DownWindow      time.Duration // default 1m
+	Failback        time.Duration // how long a failed URL is passed over; default 1m
+	MaxRequests     int           // concurrent requests to this upstream (until their answer); default 32
+	RetryMax        int           // retries per URL, default 2
+	RetryWaitMin    time.Duration // default 100ms
+	RetryWaitMax    time.Duration // also the longest Retry-After honoured, default 3s
+	MaxRedirects    int           // default 3
+	BodyIdleTimeout time.Duration // a blob body silent this long is broken, default 60s
+	BlobTimeout     time.Duration // one blob download from start to end, resumes included; default 1h
+	MaxBlobSize     int64         // larger blobs are refused; default 0: no limit
+	BlobResumes     int           // how often a broken blob body is resumed with Range, default 5
+	UserAgent       string
+	Logger          *slog.Logger
+	Metrics         *Metrics // shared by all upstreams; nil: not exported
 }
 
 func (o *Options) setDefaults() {
@@ -51,17 +59,25 @@ func (o *Options) setDefaults() {
 			*d = v
 		}
 	}
-	def(&o.RevalidateTimeout, 2*time.Second)
+	def(&o.RequestTimeout, 20*time.Second)
+	def(&o.ProbeTimeout, 15*time.Second)
+	def(&o.ProbeInterval, 5*time.Second)
+	def(&o.DownWindow, time.Minute)
+	def(&o.Failback, time.Minute)
 	def(&o.RetryWaitMin, 100*time.Millisecond)
 	def(&o.RetryWaitMax, 3*time.Second)
-	def(&o.ProbeInterval, 5*time.Second)
 	def(&o.BodyIdleTimeout, 60*time.Second)
-	if o.RetryMax <= 0 {
-		o.RetryMax = 2
+	def(&o.BlobTimeout, time.Hour)
+	defInt := func(n *int, v int) {
+		if *n <= 0 {
+			*n = v
+		}
 	}
-	if o.DownAfter <= 0 {
-		o.DownAfter = 2
-	}
+	defInt(&o.DownAfter, 3)
+	defInt(&o.MaxRequests, 32)
+	defInt(&o.RetryMax, 2)
+	defInt(&o.MaxRedirects, 3)
+	defInt(&o.BlobResumes, 5)
 	if o.Auth == nil {
 		o.Auth = authn.Anonymous
 	}
@@ -78,26 +94,27 @@ func (o *Options) setDefaults() {
 
 // endpoint is one URL of an upstream.
 type endpoint struct {
-	base *url.URL
-	reg  name.Registry
+	base      *url.URL
+	reg       name.Registry
+	guard     http.RoundTripper // redirect guard over the shared retrying transport
+	coolUntil atomic.Int64      // unix nanoseconds until which it is passed over; 0: in good standing
 }
 
 // Upstream is one upstream registry with its URLs, credentials and health.
 type Upstream struct {
-	opts      Options
-	endpoints []endpoint
-	inner     http.RoundTripper // retries over the pooled base transport
-	probe     *http.Client      // no retries: one quick look
+	opts        Options
+	endpoints   []endpoint
+	ownHosts    map[string]bool // host names of the URLs: redirects there may use any address
+	probeClient *http.Client    // no retries, no redirects: one quick look
+	requests    chan struct{}   // semaphore of MaxRequests
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // authenticated, per endpoint and repository scope
 
-	preferred atomic.Int32 // index of the endpoint that last worked
-	failures  atomic.Int32
-	down      atomic.Bool
-	stop      chan struct{}
-	stopOnce  sync.Once
-	probing   sync.WaitGroup
+	health   health
+	stop     chan struct{}
+	stopOnce sync.Once
+	probing  sync.WaitGroup
 }
 
 // New builds an upstream. It does no network I/O.
@@ -111,24 +128,13 @@ func New(opts Options) (*Upstream, error) {
 		return nil, fmt.Errorf("upstream %s: %w", opts.Name, err)
 	}
 	u := &Upstream{opts: opts, transports: map[string]http.RoundTripper{}, stop: make(chan struct{}),
-		probe: &http.Client{Transport: base, Timeout: opts.RevalidateTimeout}}
-	for _, raw := range opts.URLs {
-		base, err := url.Parse(raw)
-		if err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", opts.Name, err)
-		}
-		var regOpts []name.Option
-		if base.Scheme == "http" {
-			regOpts = append(regOpts, name.Insecure)
-		}
-		reg, err := name.NewRegistry(base.Host, regOpts...)
-		if err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", opts.Name, err)
-		}
-		u.endpoints = append(u.endpoints, endpoint{base: base, reg: reg})
-	}
-	u.inner = &retryablehttp.RoundTripper{Client: &retryablehttp.Client{
-		HTTPClient:   &http.Client{Transport: base},
+		ownHosts: map[string]bool{}, requests: make(chan struct{}, opts.MaxRequests),
+		endpoints: make([]endpoint, len(opts.URLs))}
+	u.probeClient = &http.Client{Transport: base, CheckRedirect: noRedirects}
+	// Redirects are followed by the outer client in send, under the policy;
+	// the retrying client below must hand them up unfollowed.
+	retrying := &retryablehttp.RoundTripper{Client: &retryablehttp.Client{
+		HTTPClient:   &http.Client{Transport: base, CheckRedirect: noRedirects},
 		RetryMax:     opts.RetryMax,
 		RetryWaitMin: opts.RetryWaitMin,
 		RetryWaitMax: opts.RetryWaitMax,
@@ -137,12 +143,34 @@ func New(opts Options) (*Upstream, error) {
 		ErrorHandler: retryablehttp.PassthroughErrorHandler, // keep the last response and its OCI error body
 		Logger:       quietLogger{opts.Logger.With("upstream", opts.Name)},
 	}}
+	for i, raw := range opts.URLs {
+		b, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", opts.Name, err)
+		}
+		var regOpts []name.Option
+		if b.Scheme == "http" {
+			regOpts = append(regOpts, name.Insecure)
+		}
+		reg, err := name.NewRegistry(b.Host, regOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", opts.Name, err)
+		}
+		u.ownHosts[b.Hostname()] = true
+		u.endpoints[i].base, u.endpoints[i].reg = b, reg
+	}
+	for i := range u.endpoints {
+		u.endpoints[i].guard = &redirectGuard{origin: u.endpoints[i].base, ownHosts: u.ownHosts,
+			next: transport.NewUserAgent(retrying, opts.UserAgent)}
+	}
 	opts.Metrics.up.WithLabelValues(opts.Name).Set(1)
 	return u, nil
 }
 
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
 func baseTransport(opts Options) (*http.Transport, error) {
-	tlsConf := &tls.Config{InsecureSkipVerify: opts.Insecure} //nolint:gosec // opt-in per upstream
+	tlsConf := &tls.Config{InsecureSkipVerify: opts.Insecure, MinVersion: tls.VersionTLS12} //nolint:gosec // opt-in per upstream
 	if opts.CAFile != "" {
 		pool, err := x509.SystemCertPool()
 		if err != nil {
@@ -157,12 +185,14 @@ func baseTransport(opts Options) (*http.Transport, error) {
 		}
 		tlsConf.RootCAs = pool
 	}
+	// A satellite link's round trip can be seconds: connecting gets 10 s.
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           guardDial(dialer.DialContext),
 		TLSClientConfig:       tlsConf,
-		TLSHandshakeTimeout:   5 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: opts.RequestTimeout,
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
@@ -170,10 +200,14 @@ func baseTransport(opts Options) (*http.Transport, error) {
 }
 
 // retryPolicy retries what retryablehttp retries (connection errors, 429,
-// 5xx), except a Retry-After longer than we are prepared to wait: that
-// answer goes back to the client at once.
+// 5xx), except a Retry-After longer than we are prepared to wait (that
+// answer goes back to the client at once) and except for a half-open
+// attempt on a down upstream, which gets one try.
 func retryPolicy(maxWait time.Duration) retryablehttp.CheckRetry {
 	return func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+		if ctx.Value(noRetryKey{}) != nil && ctx.Err() == nil {
+			return false, nil
+		}
 		if err != nil && strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
 			return false, nil // a plain-HTTP registry: ggcr's ping moves on to http:// at once
 		}
@@ -186,6 +220,8 @@ func retryPolicy(maxWait time.Duration) retryablehttp.CheckRetry {
 		return retry, err
 	}
 }
+
+type noRetryKey struct{}
 
 func retryAfter(v string) (time.Duration, bool) {
 	if v == "" {
@@ -203,12 +239,11 @@ func retryAfter(v string) (time.Duration, bool) {
 // Name is the registry host this upstream stands for.
 func (u *Upstream) Name() string { return u.opts.Name }
 
-// Down reports whether the upstream is marked down.
-func (u *Upstream) Down() bool { return u.down.Load() }
-
 // Close stops the background probe.
 func (u *Upstream) Close() {
 	u.stopOnce.Do(func() { close(u.stop) })
+	u.health.mu.Lock() // orders the close after a startProbe that got in first
+	u.health.mu.Unlock()
 	u.probing.Wait()
 }
 
@@ -222,10 +257,9 @@ func (u *Upstream) transport(ctx context.Context, i int, repo string) (http.Roun
 	if ok {
 		return t, nil
 	}
-	ep := u.endpoints[i]
+	ep := &u.endpoints[i]
 	scope := ep.reg.Repo(repo).Scope(transport.PullScope)
-	inner := transport.NewUserAgent(u.inner, u.opts.UserAgent)
-	t, err := transport.NewWithContext(ctx, ep.reg, u.opts.Auth, inner, []string{scope})
+	t, err := transport.NewWithContext(ctx, ep.reg, u.opts.Auth, ep.guard, []string{scope})
 	if err != nil {
 		return nil, err
 	}
@@ -238,21 +272,118 @@ func (u *Upstream) transport(ctx context.Context, i int, repo string) (http.Roun
 	return t, nil
 }
 
-// do sends one request for repo, failing over across the upstream's URLs,
-// and keeps the up/down state. A non-2xx answer is returned as a response
-// for the caller to interpret, except 5xx/429 which move on to the next URL.
-func (u *Upstream) do(ctx context.Context, op, method, repo, path string, header http.Header) (*http.Response, error) {
-	if u.down.Load() {
+// do sends one request for repo to the upstream, failing over across its
+// URLs, and keeps the health state. Answers of 404, 401 and 403 are not
+// final while other URLs remain: they come back as an *Error only when no
+// URL had the thing (NotFound/Denied when every URL agreed, Unavailable when
+// some could not answer). Other answers come back as the response, for the
+// caller to interpret.
+func (u *Upstream) do(ctx context.Context, op, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+	trial, ok := u.admit()
+	if !ok {
 		return nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Err: ErrDown})
 	}
+	if trial {
+		defer u.endTrial()
+		ctx = context.WithValue(ctx, noRetryKey{}, true)
+	}
+	select {
+	case u.requests <- struct{}{}:
+		defer func() { <-u.requests }()
+	case <-ctx.Done():
+		return nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Err: fmt.Errorf("waiting for a free request slot: %w", context.Cause(ctx))})
+	}
 	start := time.Now()
-	resp, err := u.tryEndpoints(ctx, op, method, repo, path, header)
+	resp, answered, err := u.tryEndpoints(ctx, op, method, repo, path, query, header)
 	u.opts.Metrics.latency.WithLabelValues(u.opts.Name, op).Observe(time.Since(start).Seconds())
-	u.record(ctx, err, resp)
+	switch {
+	case answered:
+		u.recordAnswer("")
+	case isFailure(ctx, err):
+		u.recordFailure(err)
+	}
 	if err != nil {
 		return nil, u.failed(err)
 	}
 	return resp, nil
+}
+
+func (u *Upstream) tryEndpoints(ctx context.Context, op, method, repo, path string, query url.Values, header http.Header) (*http.Response, bool, error) {
+	var buf [4]int
+	var absent, failure *Error
+	answered := false
+	for k, i := range u.order(buf[:0]) {
+		resp, err := u.send(ctx, i, method, repo, path, query, header)
+		var e *Error
+		switch {
+		case err != nil:
+			e = &Error{Upstream: u.opts.Name, Op: op, Err: err, Refused: errors.Is(err, errRedirect)}
+			var te *transport.Error // the ping or the token exchange answered
+			if errors.As(err, &te) {
+				e.Status = te.StatusCode
+			}
+			if e.Refused || ctx.Err() != nil {
+				return nil, answered, e
+			}
+		case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests ||
+			resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+			e = responseError(u.opts.Name, op, resp)
+		default:
+			u.endpointOK(i)
+			if k > 0 {
+				u.opts.Metrics.failovers.WithLabelValues(u.opts.Name).Inc()
+			}
+			return resp, true, nil
+		}
+		switch {
+		case e.NotFound() || e.Denied():
+			u.endpointOK(i)
+			answered = true
+			if absent == nil || (e.NotFound() && !absent.NotFound()) {
+				absent = e
+			}
+		case e.Status == 0 || (e.Status >= 500 && e.Status != http.StatusNotImplemented):
+			u.endpointFailed(i)
+			failure = e
+		default: // 429, 501: an answer, but not a usable one
+			answered = true
+			failure = e
+		}
+	}
+	switch {
+	case absent != nil && failure != nil:
+		// Not found on some URLs, and others could not say: not definite.
+		return nil, answered, &Error{Upstream: u.opts.Name, Op: op, Status: failure.Status,
+			Err: fmt.Errorf("not found on every URL that answered (%v), and %w", absent.Err, failure)}
+	case absent != nil:
+		return nil, answered, absent
+	}
+	return nil, answered, failure
+}
+
+func (u *Upstream) send(ctx context.Context, i int, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+	t, err := u.transport(ctx, i, repo)
+	if err != nil {
+		return nil, redactErr(err)
+	}
+	ep := &u.endpoints[i]
+	q := url.Values{}
+	for k, v := range query {
+		q[k] = v
+	}
+	// ns names the registry to a chained Outpost (the spec's parameter for
+	// proxies); registries ignore it.
+	q.Set("ns", u.opts.Name)
+	target := ep.base.Scheme + "://" + ep.base.Host + "/v2/" + repo + path + "?" + q.Encode()
+	req, err := http.NewRequestWithContext(ctx, method, target, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := (&http.Client{Transport: t, CheckRedirect: u.checkRedirect}).Do(req)
+	return resp, redactErr(err)
 }
 
 // failed counts an error by its reason and returns it.
@@ -266,109 +397,16 @@ func (u *Upstream) failed(err error) error {
 			reason = "down"
 		case ue.Mismatch:
 			reason = "mismatch"
+		case ue.Invalid:
+			reason = "invalid"
+		case ue.Refused:
+			reason = "redirect"
 		case ue.Status != 0:
 			reason = strconv.Itoa(ue.Status)
 		}
 	}
 	u.opts.Metrics.errors.WithLabelValues(u.opts.Name, op, reason).Inc()
 	return err
-}
-
-// responseError turns a non-success response into a counted *Error,
-// keeping a bounded excerpt of the registry's error body.
-func (u *Upstream) responseError(op string, resp *http.Response) error {
-	return u.failed(responseError(u.opts.Name, op, resp))
-}
-
-func (u *Upstream) tryEndpoints(ctx context.Context, op, method, repo, path string, header http.Header) (*http.Response, error) {
-	n := len(u.endpoints)
-	first := int(u.preferred.Load())
-	var lastErr error
-	for k := 0; k < n; k++ {
-		i := (first + k) % n
-		resp, err := u.send(ctx, i, method, repo, path, header)
-		if err != nil {
-			lastErr = &Error{Upstream: u.opts.Name, Op: op, Err: err}
-			if ctx.Err() != nil {
-				return nil, lastErr
-			}
-			continue
-		}
-		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
-			lastErr = responseError(u.opts.Name, op, resp)
-			if k < n-1 {
-				continue
-			}
-			return nil, lastErr
-		}
-		u.preferred.Store(int32(i))
-		return resp, nil
-	}
-	return nil, lastErr
-}
-
-func (u *Upstream) send(ctx context.Context, i int, method, repo, path string, header http.Header) (*http.Response, error) {
-	t, err := u.transport(ctx, i, repo)
-	if err != nil {
-		return nil, err
-	}
-	ep := u.endpoints[i]
-	target := ep.base.Scheme + "://" + ep.base.Host + "/v2/" + repo + path
-	req, err := http.NewRequestWithContext(ctx, method, target, nil)
-	if err != nil {
-		return nil, err
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	return (&http.Client{Transport: t}).Do(req)
-}
-
-// record keeps the health state: repeated failures mark the upstream down
-// and start the probe; any real answer resets the count.
-func (u *Upstream) record(ctx context.Context, err error, resp *http.Response) {
-	if err == nil {
-		u.failures.Store(0)
-		return
-	}
-	if !isFailure(ctx, err) {
-		return
-	}
-	if u.failures.Add(1) >= int32(u.opts.DownAfter) && u.down.CompareAndSwap(false, true) {
-		u.opts.Metrics.up.WithLabelValues(u.opts.Name).Set(0)
-		u.opts.Logger.Warn("upstream marked down; serving cached content without asking it", "upstream", u.opts.Name, "err", err)
-		u.probing.Add(1)
-		go u.probeUntilUp()
-	}
-}
-
-func (u *Upstream) probeUntilUp() {
-	defer u.probing.Done()
-	t := time.NewTicker(u.opts.ProbeInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-u.stop:
-			return
-		case <-t.C:
-		}
-		for i, ep := range u.endpoints {
-			resp, err := u.probe.Get(ep.base.Scheme + "://" + ep.base.Host + "/v2/")
-			if err != nil {
-				continue
-			}
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			if resp.StatusCode < 500 {
-				u.preferred.Store(int32(i))
-				u.failures.Store(0)
-				u.down.Store(false)
-				u.opts.Metrics.up.WithLabelValues(u.opts.Name).Set(1)
-				u.opts.Logger.Info("upstream is back", "upstream", u.opts.Name, "url", ep.base.String())
-				return
-			}
-		}
-	}
 }
 
 // responseError turns a non-success response into an *Error, keeping a
@@ -379,19 +417,46 @@ func responseError(upstream, op string, resp *http.Response) *Error {
 	if err == nil {
 		err = fmt.Errorf("unexpected status %d", resp.StatusCode)
 	}
-	return &Error{Upstream: upstream, Op: op, Status: resp.StatusCode, Err: err}
+	return &Error{Upstream: upstream, Op: op, Status: resp.StatusCode, Err: redactErr(err)}
 }
 
-func mediaTypeOf(contentType string) string {
-	mt, _, _ := strings.Cut(contentType, ";")
-	return strings.TrimSpace(mt)
-}
-
-// quietLogger turns retryablehttp's per-attempt logging into debug lines;
-// what finally fails is logged once by the caller.
+// quietLogger turns retryablehttp's per-attempt logging into debug lines
+// without query strings; what finally fails is logged once by the caller.
 type quietLogger struct{ log *slog.Logger }
 
-func (l quietLogger) Error(msg string, kv ...any) { l.log.Debug(msg, kv...) }
-func (l quietLogger) Warn(msg string, kv ...any)  { l.log.Debug(msg, kv...) }
-func (l quietLogger) Info(msg string, kv ...any)  { l.log.Debug(msg, kv...) }
-func (l quietLogger) Debug(msg string, kv ...any) { l.log.Debug(msg, kv...) }
+func (l quietLogger) Error(msg string, kv ...any) { l.log.Debug(msg, redactArgs(kv)...) }
+func (l quietLogger) Warn(msg string, kv ...any)  { l.log.Debug(msg, redactArgs(kv)...) }
+func (l quietLogger) Info(msg string, kv ...any)  { l.log.Debug(msg, redactArgs(kv)...) }
+func (l quietLogger) Debug(msg string, kv ...any) { l.log.Debug(msg, redactArgs(kv)...) }
+
+func redactArgs(kv []any) []any {
+	out := make([]any, len(kv))
+	for i, v := range kv {
+		switch x := v.(type) {
+		case *url.URL:
+			out[i] = redactURL(x)
+		case string:
+			out[i] = redactString(x)
+		case error:
+			out[i] = redactString(redactErr(x).Error())
+		default:
+			out[i] = v
+		}
+	}
+	return out
+}
+
+// redactString drops the query of every URL in s.
+func redactString(s string) string {
+	fields := strings.Fields(s)
+	changed := false
+	for i, f := range fields {
+		if strings.Contains(f, "://") && strings.Contains(f, "?") {
+			fields[i], changed = redactURLString(strings.Trim(f, `"`)), true
+		}
+	}
+	if !changed {
+		return s
+	}
+	return strings.Join(fields, " ")
+}

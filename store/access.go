@@ -1,11 +1,11 @@
 package store
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"strconv"
 )
 
 // Access times feed LRU eviction. They are kept at hour resolution and
@@ -44,7 +44,7 @@ func (s *Store) LastAccess(d v1.Hash) (time.Time, error) {
 		return time.Unix(hour, 0), nil
 	}
 	var at int64
-	if err := s.view(accessKey(d.String()), &at); err != nil {
+	if err := s.get(accessKey(d.String()), &at); err != nil {
 		return time.Time{}, err
 	}
 	return time.Unix(at, 0), nil
@@ -58,6 +58,18 @@ func (s *Store) flushAccess() error {
 	if len(pending) == 0 {
 		return nil
 	}
+	if err := s.metaWritable(); err != nil {
+		s.access.mu.Lock() // keep them for a later flush
+		for digest, hour := range pending {
+			if _, newer := s.access.pending[digest]; !newer {
+				s.access.pending[digest] = hour
+			}
+		}
+		s.access.mu.Unlock()
+		return err
+	}
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for digest, hour := range pending {

@@ -22,7 +22,7 @@ import (
 func (s *Store) CheckInvariants() error {
 	var errs []error
 	keyed := map[string]bool{}
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.DefaultIteratorOptions)
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -20,7 +20,7 @@ func (s *Store) Stats() (count, bytes int64) {
 
 // loadStats counts content keys once at Open; commits keep it current.
 func (s *Store) loadStats() error {
-	return s.db.View(func(txn *badger.Txn) error {
+	return s.view(func(txn *badger.Txn) error {
 		for _, prefix := range []string{prefixBlob, prefixManifest} {
 			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefix)})
 			for it.Rewind(); it.Valid(); it.Next() {

@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -24,24 +26,43 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock, replaceable in tests.
 	Now func() time.Time
+	// Reserve is the free disk space kept for metadata; 0: DefaultReserve.
+	Reserve int64
+	// SpaceCheck is how often free space is measured in the background;
+	// 0: every 5s.
+	SpaceCheck time.Duration
 }
 
 // Store is the data directory. It is safe for concurrent use.
 type Store struct {
 	root string
-	db   *badger.DB
 	log  *slog.Logger
 	now  func() time.Time
 
-	access  accessLog
-	stats   stats
-	writeMu sync.Mutex // serializes metadata transactions (see update)
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	// db is swapped only when a read-only store (opened on a full disk) is
+	// reopened for writing; everything else holds dbMu for reading.
+	dbMu     sync.RWMutex
+	db       *badger.DB
+	readOnly atomic.Bool
+
+	space     space
+	access    accessLog
+	stats     stats
+	manifests manifestCache
+	locks     digestLocks
+	writeMu   sync.Mutex // serializes metadata transactions (see update)
+
+	writingMu sync.Mutex
+	writing   map[string]*inflight // digest → the write in progress
+
+	stop chan struct{}
+	wg   sync.WaitGroup
 }
 
 // Open opens (creating if needed) the store under root, sweeps what a crash
-// left behind, and starts the background flush of access times.
+// left behind, and starts the background work (access-time flushes, the
+// free-space watch). On a disk too full for Badger to start writing, it
+// opens read-only and reopens for writing once space is freed.
 func Open(root string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -49,32 +70,108 @@ func Open(root string, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.SpaceCheck <= 0 {
+		opts.SpaceCheck = 5 * time.Second
+	}
 	for _, dir := range []string{root, filepath.Join(root, "meta"), filepath.Join(root, "blobs"), filepath.Join(root, syncDir)} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("store: %w", err)
 		}
 	}
-	db, err := badger.Open(badgerOptions(filepath.Join(root, "meta"), opts.Logger))
-	if err != nil {
-		return nil, fmt.Errorf("store: open metadata in %s: %w", root, err)
-	}
-	s := &Store{root: root, db: db, log: opts.Logger, now: opts.Now, stop: make(chan struct{})}
+	s := &Store{root: root, log: opts.Logger, now: opts.Now, space: newSpace(opts.Reserve),
+		writing: map[string]*inflight{}, stop: make(chan struct{})}
 	s.access.pending = map[string]int64{}
-	if err := s.checkSchema(); err != nil {
-		db.Close()
+	s.manifests.init(manifestCacheBytes)
+	// Interrupted sessions go first: on a full disk, that may be what
+	// makes room for Badger.
+	if err := s.sweepSessions(); err != nil {
+		return nil, fmt.Errorf("store: cleaning up %s: %w", root, err)
+	}
+	if err := s.openDB(); err != nil {
 		return nil, err
 	}
-	if err := s.sweep(); err != nil {
-		db.Close()
+	if err := s.checkSchema(); err != nil {
+		s.db.Close()
+		return nil, err
+	}
+	if err := s.sweepBlobs(); err != nil {
+		s.db.Close()
 		return nil, fmt.Errorf("store: cleaning up %s: %w", root, err)
 	}
 	if err := s.loadStats(); err != nil {
-		db.Close()
+		s.db.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	s.wg.Add(1)
+	s.keepBallast()
+	s.wg.Add(2)
 	go s.background()
+	go s.watchSpace(opts.SpaceCheck)
 	return s, nil
+}
+
+// minFreeToOpen is what Badger needs to open for writing: its lock file,
+// a new memtable log's first pages, a manifest rewrite.
+const minFreeToOpen = 2 << 20
+
+func (s *Store) openDB() error {
+	dir := filepath.Join(s.root, "meta")
+	free := s.measure()
+	if free < s.space.floor && s.releaseBallast() {
+		free = s.measure()
+	}
+	if free >= minFreeToOpen {
+		db, err := badger.Open(badgerOptions(dir, s.log))
+		if err != nil {
+			return fmt.Errorf("store: open metadata in %s: %w", s.root, err)
+		}
+		s.db = db
+		return nil
+	}
+	db, err := badger.Open(badgerOptions(dir, s.log).WithReadOnly(true))
+	if err != nil {
+		return fmt.Errorf("store: %s has %d bytes free, too few to open its metadata for writing, and it cannot be opened read-only (%v); free some space and start again",
+			s.root, free, err)
+	}
+	s.db = db
+	s.readOnly.Store(true)
+	s.log.Error("the disk is full: serving cached content read-only; caching resumes once space is freed",
+		"root", s.root, "free", free)
+	return nil
+}
+
+// reopenWritable replaces a read-only Badger by a writable one, once there
+// is room for it.
+func (s *Store) reopenWritable() error {
+	if s.measure() < s.space.floor {
+		return fmt.Errorf("%w: %d bytes free", ErrNoSpace, s.space.free.Load())
+	}
+	if err := s.swapWritable(); err != nil {
+		return err
+	}
+	s.log.Info("free space is back: the store is writable again", "root", s.root, "free", s.space.free.Load())
+	return s.checkSchema()
+}
+
+func (s *Store) swapWritable() error {
+	s.dbMu.Lock()
+	defer s.dbMu.Unlock()
+	dir := filepath.Join(s.root, "meta")
+	if err := s.db.Close(); err != nil {
+		return err
+	}
+	db, err := badger.Open(badgerOptions(dir, s.log))
+	if err != nil {
+		// Back to read-only, which worked before.
+		ro, roErr := badger.Open(badgerOptions(dir, s.log).WithReadOnly(true))
+		if roErr != nil {
+			return errors.Join(err, roErr)
+		}
+		s.db = ro
+		return err
+	}
+	s.db = db
+	s.readOnly.Store(false)
+	return nil
 }
 
 // badgerOptions sizes Badger for a 1 GiB Raspberry Pi. Metadata is small
@@ -103,21 +200,27 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 }
 
 func (s *Store) checkSchema() error {
-	return s.db.Update(func(txn *badger.Txn) error {
+	var version string
+	err := s.view(func(txn *badger.Txn) error {
 		item, err := txn.Get([]byte(keyVersion))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return txn.Set([]byte(keyVersion), []byte(schemaVersion))
-		}
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error {
-			if string(v) != schemaVersion {
-				return fmt.Errorf("store: %s has schema version %q, this Outpost reads %q", s.root, v, schemaVersion)
-			}
-			return nil
-		})
+		return item.Value(func(v []byte) error { version = string(v); return nil })
 	})
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+		err := s.update(func(txn *badger.Txn) error { return txn.Set([]byte(keyVersion), []byte(schemaVersion)) })
+		if errors.Is(err, ErrNoSpace) {
+			return nil // written once the store is writable
+		}
+		return err
+	case err != nil:
+		return err
+	case version != schemaVersion:
+		return fmt.Errorf("store: %s has schema version %q, this Outpost reads %q", s.root, version, schemaVersion)
+	}
+	return nil
 }
 
 // Close flushes access times and closes Badger. Sessions must be finished.
@@ -125,6 +228,8 @@ func (s *Store) Close() error {
 	close(s.stop)
 	s.wg.Wait()
 	err := s.flushAccess()
+	s.dbMu.Lock()
+	defer s.dbMu.Unlock()
 	return errors.Join(err, s.db.Close())
 }
 
@@ -136,10 +241,18 @@ func (s *Store) blobPath(d v1.Hash) string {
 	return filepath.Join(s.root, "blobs", d.Algorithm, d.Hex[:2], d.Hex)
 }
 
-// Manifest is a stored manifest.
+// view runs fn in a read-only transaction.
+func (s *Store) view(fn func(*badger.Txn) error) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	return s.db.View(fn)
+}
+
+// Manifest is a stored manifest. Bytes are shared: never modify them.
 type Manifest struct {
 	Digest    v1.Hash
 	MediaType string
+	Size      int64
 	Bytes     []byte
 }
 
@@ -177,22 +290,59 @@ func getJSON(txn *badger.Txn, key []byte, v any) error {
 	return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
 }
 
-func (s *Store) view(key []byte, v any) error {
-	return s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key, v) })
+func (s *Store) get(key []byte, v any) error {
+	return s.view(func(txn *badger.Txn) error { return getJSON(txn, key, v) })
 }
 
-// Manifest returns a stored manifest by digest.
+// Manifest returns a stored manifest by digest. Small manifests come from
+// a bounded in-memory cache, shared by every caller, so that serving one
+// to many clients costs no copy per client.
 func (s *Store) Manifest(d v1.Hash) (Manifest, error) {
-	var meta manifestMeta
-	if err := s.view(manifestKey(d.String()), &meta); err != nil {
-		return Manifest{}, err
+	m, f, err := s.openManifest(d, true)
+	if f != nil {
+		f.Close()
 	}
-	b, err := os.ReadFile(s.blobPath(d))
+	return m, err
+}
+
+// OpenManifest returns a stored manifest for serving: with its bytes if it
+// is small enough to be kept in memory (shared: never modify them), or
+// else with its file open (the caller closes it; Bytes is nil), so that a
+// large manifest is sent like a blob, not copied per client.
+func (s *Store) OpenManifest(d v1.Hash) (Manifest, *os.File, error) {
+	return s.openManifest(d, false)
+}
+
+func (s *Store) openManifest(d v1.Hash, wantBytes bool) (Manifest, *os.File, error) {
+	if m, ok := s.manifests.get(d); ok {
+		s.Touch(d)
+		return m, nil, nil
+	}
+	var meta manifestMeta
+	if err := s.get(manifestKey(d.String()), &meta); err != nil {
+		return Manifest{}, nil, err
+	}
+	m := Manifest{Digest: d, MediaType: meta.MediaType, Size: meta.Size}
+	f, err := os.Open(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Manifest{}, nil, ErrNotFound // removed since the look-up
+	}
 	if err != nil {
-		return Manifest{}, fmt.Errorf("store: manifest %s: %w", d, err)
+		return Manifest{}, nil, fmt.Errorf("store: manifest %s: %w", d, err)
 	}
 	s.Touch(d)
-	return Manifest{Digest: d, MediaType: meta.MediaType, Bytes: b}, nil
+	if !wantBytes && meta.Size > maxCachedManifest {
+		return m, f, nil
+	}
+	defer f.Close()
+	if m.Bytes, err = io.ReadAll(io.LimitReader(f, meta.Size+1)); err != nil {
+		return Manifest{}, nil, fmt.Errorf("store: manifest %s: %w", d, err)
+	}
+	if int64(len(m.Bytes)) != meta.Size {
+		return Manifest{}, nil, fmt.Errorf("store: manifest %s: the file has %d bytes, its key says %d", d, len(m.Bytes), meta.Size)
+	}
+	s.manifests.put(m)
+	return m, nil, nil
 }
 
 // Blob opens a stored blob (or manifest, which is content too) for reading.
@@ -220,7 +370,7 @@ func (s *Store) Blob(d v1.Hash) (*os.File, int64, error) {
 // Tag returns what a tag points at.
 func (s *Store) Tag(repo, tag string) (Tag, error) {
 	var meta tagMeta
-	if err := s.view(tagKey(repo, tag), &meta); err != nil {
+	if err := s.get(tagKey(repo, tag), &meta); err != nil {
 		return Tag{}, err
 	}
 	d, err := v1.NewHash(meta.Digest)
@@ -234,7 +384,7 @@ func (s *Store) Tag(repo, tag string) (Tag, error) {
 // The manifest must already be stored (invariant 3).
 func (s *Store) ConfirmTag(repo, tag string, d v1.Hash, at time.Time) error {
 	return s.update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(manifestKey(d.String())); err != nil {
+		if !exists(txn, manifestKey(d.String())) {
 			return fmt.Errorf("store: confirm %s:%s: manifest %s: %w", repo, tag, d, ErrNotFound)
 		}
 		return setJSON(txn, tagKey(repo, tag), tagMeta{Digest: d.String(), CheckedAt: at.UnixNano()})
@@ -259,7 +409,7 @@ func (s *Store) Repositories() ([]string, error) {
 // Referrers lists the descriptors of manifests in repo whose subject is d.
 func (s *Store) Referrers(repo string, d v1.Hash) ([]v1.Descriptor, error) {
 	var out []v1.Descriptor
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 16, Prefix: referrerPrefix(repo, d.String())})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -276,7 +426,7 @@ func (s *Store) Referrers(repo string, d v1.Hash) ([]v1.Descriptor, error) {
 
 func (s *Store) scan(prefix []byte, name func([]byte) string) ([]string, error) {
 	var out []string
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -313,7 +463,7 @@ func (l badgerLogger) Debugf(f string, a ...any) {}
 // HasRepository reports whether anything of repo is stored.
 func (s *Store) HasRepository(repo string) bool {
 	found := false
-	s.db.View(func(txn *badger.Txn) error {
+	s.view(func(txn *badger.Txn) error {
 		found = exists(txn, repoKey(repo))
 		return nil
 	})
@@ -327,12 +477,26 @@ func (s *Store) HasBlob(d v1.Hash) bool {
 }
 
 // Linked reports whether repo references content d: fetched through it,
-// or pushed to it.
+// pushed to it, or referenced by one of its manifests.
 func (s *Store) Linked(repo string, d v1.Hash) bool {
 	found := false
-	s.db.View(func(txn *badger.Txn) error {
+	s.view(func(txn *badger.Txn) error {
 		found = exists(txn, linkKey(repo, d.String()))
 		return nil
 	})
 	return found
+}
+
+// Link records that repo references stored content d (upstream confirmed
+// it for repo). It is a no-op if d is not stored.
+func (s *Store) Link(repo string, d v1.Hash) error {
+	return s.update(func(txn *badger.Txn) error {
+		if !exists(txn, blobKey(d.String())) && !exists(txn, manifestKey(d.String())) {
+			return nil
+		}
+		if err := txn.Set(linkKey(repo, d.String()), nil); err != nil {
+			return err
+		}
+		return txn.Set(repoKey(repo), nil)
+	})
 }

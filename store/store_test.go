@@ -30,7 +30,7 @@ func digestOf(b []byte) v1.Hash {
 func writeBlob(t *testing.T, sess *Session, b []byte) v1.Hash {
 	t.Helper()
 	d := digestOf(b)
-	w, err := sess.Blob(d, int64(len(b)))
+	w, _, err := sess.Blob(d, int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestCommitPublishesAbortLeavesNothing(t *testing.T) {
 	s := open(t, root)
 	defer s.Close()
 
-	sess, _ := s.Begin(KindFill)
+	sess, _ := s.Begin(KindFill, "test")
 	d := writeBlob(t, sess, []byte("hello"))
 	m, err := sess.Manifest("docker.io/acme/app", []byte(manifest), "application/vnd.oci.image.manifest.v1+json")
 	if err != nil {
@@ -79,7 +79,7 @@ func TestCommitPublishesAbortLeavesNothing(t *testing.T) {
 		t.Errorf("repositories = %v", repos)
 	}
 
-	aborted, _ := s.Begin(KindFill)
+	aborted, _ := s.Begin(KindFill, "test")
 	other := writeBlob(t, aborted, []byte("never published"))
 	aborted.Abort()
 	if _, _, err := s.Blob(other); !errors.Is(err, ErrNotFound) {
@@ -96,19 +96,19 @@ func TestCommitPublishesAbortLeavesNothing(t *testing.T) {
 func TestWrongDigestOrSizeIsRefused(t *testing.T) {
 	s := open(t, t.TempDir())
 	defer s.Close()
-	sess, _ := s.Begin(KindFill)
+	sess, _ := s.Begin(KindFill, "test")
 	defer sess.Abort()
 
-	w, _ := sess.Blob(digestOf([]byte("right")), 5)
+	w, _, _ := sess.Blob(digestOf([]byte("right")), 5)
 	w.Write([]byte("wrong"))
 	if err := w.Close(); !errors.Is(err, ErrDigestMismatch) {
 		t.Errorf("wrong bytes: %v", err)
 	}
-	w, _ = sess.Blob(digestOf([]byte("right")), 4)
+	w, _, _ = sess.Blob(digestOf([]byte("right")), 4)
 	if _, err := w.Write([]byte("right")); !errors.Is(err, ErrSizeMismatch) {
 		t.Errorf("too long: %v", err)
 	}
-	w.Discard()
+	w.Discard(nil)
 	if err := sess.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestWrongDigestOrSizeIsRefused(t *testing.T) {
 func TestTagNeedsManifest(t *testing.T) {
 	s := open(t, t.TempDir())
 	defer s.Close()
-	sess, _ := s.Begin(KindFill)
+	sess, _ := s.Begin(KindFill, "test")
 	defer sess.Abort()
 	sess.Tag("docker.io/acme/app", "1", digestOf([]byte("no such manifest")))
 	if err := sess.Commit(); !errors.Is(err, ErrNotFound) {
@@ -137,9 +137,9 @@ func TestTagNeedsManifest(t *testing.T) {
 func TestOpenCleansCrashLeftovers(t *testing.T) {
 	root := t.TempDir()
 	s := open(t, root)
-	fill, _ := s.Begin(KindFill)
+	fill, _ := s.Begin(KindFill, "test")
 	writeBlob(t, fill, []byte("staged, never committed"))
-	keep, _ := s.Begin(KindSync)
+	keep, _ := s.Begin(KindSync, "test")
 	writeBlob(t, keep, []byte("a mirror job's part file"))
 	s.Close()
 
@@ -173,7 +173,7 @@ func TestReferrersIndexed(t *testing.T) {
 	sig := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.dev.cosign.artifact.sig.v1+json",` +
 		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","size":2,"digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"},"layers":[],` +
 		`"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":7,"digest":"` + subject.String() + `"}}`
-	sess, _ := s.Begin(KindFill)
+	sess, _ := s.Begin(KindFill, "test")
 	d, err := sess.Manifest("docker.io/acme/app", []byte(sig), "application/vnd.oci.image.manifest.v1+json")
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +190,7 @@ func TestReferrersIndexed(t *testing.T) {
 func TestAccessTimesFlushed(t *testing.T) {
 	root := t.TempDir()
 	s := open(t, root)
-	sess, _ := s.Begin(KindFill)
+	sess, _ := s.Begin(KindFill, "test")
 	d := writeBlob(t, sess, []byte("x"))
 	sess.Commit()
 	f, _, _ := s.Blob(d)
@@ -216,7 +216,7 @@ func TestConcurrentCommitsOfOneManifest(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 20; i++ {
-				sess, err := s.Begin(KindFill)
+				sess, err := s.Begin(KindFill, "test")
 				if err != nil {
 					errs <- err
 					return

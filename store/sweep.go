@@ -15,10 +15,10 @@ import (
 // sessionTTL is how long an interrupted resumable session is kept.
 const sessionTTL = 24 * time.Hour
 
-// sweep removes what a crash can leave behind: fill sessions, stale sessions
-// of other kinds, and blob files that no key makes visible (invariant 2).
-// It runs inside Open, before anything can write.
-func (s *Store) sweep() error {
+// sweepSessions removes what a crash can leave in .sync: fill sessions
+// and stale sessions of other kinds. It runs in Open before Badger, which
+// it does not need.
+func (s *Store) sweepSessions() error {
 	entries, err := os.ReadDir(filepath.Join(s.root, syncDir))
 	if err != nil {
 		return err
@@ -33,9 +33,15 @@ func (s *Store) sweep() error {
 		}
 		s.log.Info("removed interrupted session", "session", e.Name())
 	}
+	os.Remove(s.ballastPath() + ".tmp")
+	return nil
+}
 
+// sweepBlobs removes blob files that no key makes visible (invariant 2).
+// It runs in Open, before anything can write.
+func (s *Store) sweepBlobs() error {
 	blobs := filepath.Join(s.root, "blobs")
-	return s.db.View(func(txn *badger.Txn) error {
+	return s.view(func(txn *badger.Txn) error {
 		return filepath.WalkDir(blobs, func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
 				return err

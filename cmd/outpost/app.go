@@ -38,7 +38,7 @@ type app struct {
 
 // start opens the store and builds everything but the listeners.
 func start(cfg *configs.Config, log *slog.Logger) (*app, error) {
-	st, err := store.Open(cfg.Storage.Root, store.Options{Logger: log.With("component", "store")})
+	st, err := store.Open(cfg.Storage.Root, store.Options{Logger: log.With("component", "store"), Reserve: int64(cfg.Storage.Reserve)})
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +52,13 @@ func start(cfg *configs.Config, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	a.upstreams = ups
-	a.cache, err = cache.New(cache.Options{Store: st, Upstreams: opts, Logger: log.With("component", "cache"), Registerer: reg})
+	a.cache, err = cache.New(cache.Options{
+		Store: st, Upstreams: opts, Logger: log.With("component", "cache"), Registerer: reg,
+		Fills: cache.FillLimits{Max: cfg.Fills.Max, PerUpstream: cfg.Fills.PerUpstream, Queue: cfg.Fills.Queue.D(),
+			Abandon: cfg.Fills.AbandonAfter.D()},
+		Conns: cache.ConnLimits{Max: cfg.HTTP.MaxConnections, PerIP: cfg.HTTP.MaxConnectionsPerIP,
+			WriteTimeout: cfg.HTTP.WriteTimeout.D(), ReadTimeout: cfg.HTTP.ReadTimeout.D(), IdleTimeout: cfg.HTTP.IdleTimeout.D()},
+	})
 	if err != nil {
 		a.close()
 		return nil, err
@@ -76,17 +82,20 @@ func (a *app) buildUpstreams(cfg *configs.Config) ([]*mirror.Upstream, []cache.U
 		}
 		up, err := mirror.New(mirror.Options{
 			Name: u.Name, URLs: u.URLs, Insecure: u.Insecure, CAFile: u.CAFile, Auth: auth,
-			RevalidateTimeout: u.RevalidateTimeout.D(),
-			UserAgent:         "outpost/" + version,
-			Logger:            a.log.With("component", "mirror"),
-			Metrics:           a.upMetrics,
+			RequestTimeout: u.RequestTimeout.D(), ProbeTimeout: u.ProbeTimeout.D(), ProbeInterval: u.ProbeInterval.D(),
+			DownAfter: u.DownAfter, DownWindow: u.DownWindow.D(), Failback: u.Failback.D(),
+			BlobTimeout: cfg.Fills.Timeout.D(), MaxBlobSize: int64(cfg.Fills.MaxBlobSize),
+			UserAgent: "outpost/" + version,
+			Logger:    a.log.With("component", "mirror"),
+			Metrics:   a.upMetrics,
 		})
 		if err != nil {
 			closeAll()
 			return nil, nil, err
 		}
 		ups = append(ups, up)
-		opts = append(opts, cache.UpstreamOptions{Upstream: up, TagTTL: u.TagTTL.D(), Default: u.Default})
+		opts = append(opts, cache.UpstreamOptions{Upstream: up, TagTTL: u.TagTTL.D(), RevalidateTimeout: u.RevalidateTimeout.D(),
+			Default: u.Default, MaxFills: u.MaxFills})
 	}
 	return ups, opts, nil
 }
@@ -125,8 +134,9 @@ func (a *app) reload(cfg *configs.Config) error {
 	for _, u := range old {
 		u.Close() // stops its probe; requests in flight keep their transports
 	}
-	if cfg.HTTP != oldCfg.HTTP || cfg.Admin != oldCfg.Admin || cfg.Storage != oldCfg.Storage || cfg.Log != oldCfg.Log {
-		a.log.Warn("http, admin, storage and log settings take effect at the next restart")
+	if cfg.HTTP != oldCfg.HTTP || cfg.Admin != oldCfg.Admin || cfg.Storage != oldCfg.Storage || cfg.Log != oldCfg.Log ||
+		cfg.Fills != oldCfg.Fills {
+		a.log.Warn("http, admin, storage, log and fills settings take effect at the next restart")
 	}
 	return nil
 }
@@ -207,5 +217,16 @@ func registerStoreMetrics(reg prometheus.Registerer, st *store.Store) {
 			func() float64 { n, _ := st.Stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_store_size_bytes", Help: "Bytes of blobs and manifests in the store."},
 			func() float64 { _, b := st.Stats(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_store_free_bytes", Help: "Free disk space where the store lives, as last measured."},
+			func() float64 { free, _, _ := st.Space(); return float64(free) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_store_reserve_bytes", Help: "Free disk space kept for metadata: below it no new content is cached."},
+			func() float64 { _, reserve, _ := st.Space(); return float64(reserve) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_store_full", Help: "1 while new content is refused for lack of disk space."},
+			func() float64 {
+				if _, _, full := st.Space(); full {
+					return 1
+				}
+				return 0
+			}),
 	)
 }

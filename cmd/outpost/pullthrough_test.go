@@ -324,10 +324,17 @@ func TestTagsListPagination(t *testing.T) {
 			t.Errorf("Link = %q", h.Get("Link"))
 		}
 	}
-	// Offline, the list is what the cache holds.
+	// Offline, the list is what the cache holds (a repository whose
+	// upstream list was never asked for, so none is kept from before).
+	for _, tag := range []string{"a", "b", "c"} {
+		up.push("acme/other", tag, img)
+	}
+	for _, tag := range []string{"a", "b"} {
+		o.get(t, "GET", "/v2/acme/other/manifests/"+tag)
+	}
 	up.srv.Close()
-	status, _, body := o.get(t, "GET", "/v2/acme/app/tags/list")
-	if status != 200 || string(body) != `{"name":"acme/app","tags":["a","b","d"]}` {
+	status, _, body := o.get(t, "GET", "/v2/acme/other/tags/list")
+	if status != 200 || string(body) != `{"name":"acme/other","tags":["a","b"]}` {
 		t.Errorf("offline tags: %d %s", status, body)
 	}
 }

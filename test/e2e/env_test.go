@@ -28,6 +28,7 @@ func requireOutpost(t *testing.T) string {
 type envOptions struct {
 	TagTTL            string
 	RevalidateTimeout string
+	RequestTimeout    string
 }
 
 // testEnv is two seeded upstreams (docker.io, the default, and ghcr.io) and
@@ -57,8 +58,10 @@ func newEnv(t *testing.T, opts envOptions) *testEnv {
 	e.Mirror = testenv.StartOutpost(t, filepath.Join(dir, "outpost"), testenv.OutpostConfig{
 		Level: "debug",
 		Upstreams: []testenv.Upstream{
-			{Name: "docker.io", URL: e.Hub.URL(), Default: true, TagTTL: opts.TagTTL, RevalidateTimeout: opts.RevalidateTimeout},
-			{Name: "ghcr.io", URL: e.GHCR.URL(), TagTTL: opts.TagTTL, RevalidateTimeout: opts.RevalidateTimeout},
+			{Name: "docker.io", URL: e.Hub.URL(), Default: true, TagTTL: opts.TagTTL, RevalidateTimeout: opts.RevalidateTimeout,
+				RequestTimeout: opts.RequestTimeout},
+			{Name: "ghcr.io", URL: e.GHCR.URL(), TagTTL: opts.TagTTL, RevalidateTimeout: opts.RevalidateTimeout,
+				RequestTimeout: opts.RequestTimeout},
 		},
 	})
 	return e

@@ -3,15 +3,17 @@ package e2e
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/outpost-oci/outpost/test/testenv"
 )
 
-// Latency bounds for offline serving. revalidateTimeout is 2s, so the first
-// tag requests may wait for it; once an upstream is marked down, cached
-// content must come back at once.
+// Latency bounds for offline serving. revalidateTimeout is 2s, so tag
+// requests may wait for it until an upstream is marked down (after three
+// connection-level failures: refused at once, or no answer within the 4s
+// request budget here); from then on cached content must come back at once.
 const (
 	offlineFirstBound = 3 * time.Second
 	offlineFastBound  = 500 * time.Millisecond
@@ -21,6 +23,9 @@ const (
 	// recoveryBound is how soon a returning upstream must be used again.
 	// The contract does not fix it; 30 s is a generous bound for an appliance.
 	recoveryBound = 30 * time.Second
+	// downBound is how soon both upstreams must be marked down: three
+	// failures of the 4 s request budget, one tag's revalidation at a time.
+	downBound = 60 * time.Second
 )
 
 // TestOffline warms the cache, makes both upstreams unusable, and checks that
@@ -32,7 +37,7 @@ func TestOffline(t *testing.T) {
 
 	for _, mode := range []string{"stopped", "blackhole"} {
 		t.Run(mode, func(t *testing.T) {
-			e := newEnv(t, envOptions{TagTTL: "0s", RevalidateTimeout: "2s"})
+			e := newEnv(t, envOptions{TagTTL: "0s", RevalidateTimeout: "2s", RequestTimeout: "4s"})
 			e.warm(t)
 			var holes []*blackhole
 			for _, u := range []*upstream{e.Hub, e.GHCR} {
@@ -46,12 +51,22 @@ func TestOffline(t *testing.T) {
 				}
 			}
 
-			// Three rounds over every tag, GET as crane/skopeo do and HEAD as
-			// containerd does. Rounds 1 and 2 may wait for the revalidation
-			// deadline while the upstream is being marked down; round 3 may not.
-			for round := 1; round <= 3; round++ {
+			// Rounds over every tag, GET as crane/skopeo do and HEAD as
+			// containerd does. They may wait for the revalidation deadline
+			// while the upstreams are being marked down; the last round, once
+			// both are, may not.
+			down := func() bool {
+				log := testenv.Tail(e.Mirror.Log, 10000)
+				return strings.Count(log, "upstream marked down") >= 2
+			}
+			downBy := time.Now().Add(downBound)
+			for round := 1; ; round++ {
+				last := down()
+				if !last && time.Now().After(downBy) {
+					t.Fatalf("the upstreams were not both marked down within %s", downBound)
+				}
 				bound := offlineFirstBound
-				if round == 3 {
+				if last {
 					bound = offlineFastBound
 				}
 				for _, r := range e.Fx.tags() {
@@ -71,6 +86,9 @@ func TestOffline(t *testing.T) {
 						t.Errorf("HEAD %s: status %d, Docker-Content-Digest %q, want 200 %s",
 							path, resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), r.M.Digest)
 					}
+				}
+				if last {
+					break
 				}
 			}
 

@@ -68,6 +68,7 @@ type Upstream struct {
 	Default           bool
 	TagTTL            string // empty: product default
 	RevalidateTimeout string // empty: product default
+	RequestTimeout    string // empty: product default
 }
 
 // OutpostConfig renders outpost's YAML configuration.
@@ -96,6 +97,9 @@ func (c OutpostConfig) YAML() string {
 		}
 		if u.RevalidateTimeout != "" {
 			fmt.Fprintf(&b, "    revalidateTimeout: %s\n", u.RevalidateTimeout)
+		}
+		if u.RequestTimeout != "" {
+			fmt.Fprintf(&b, "    requestTimeout: %s\n", u.RequestTimeout)
 		}
 	}
 	return b.String()
