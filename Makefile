@@ -8,7 +8,7 @@ ARCH      ?= $(shell $(GO) env GOARCH)
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: build binary run test test-e2e bench
+.PHONY: build binary run test test-e2e bench fuzz
 
 build: bin/outpost
 
@@ -23,12 +23,24 @@ binary:
 run: build
 	./bin/outpost serve
 
-# Product packages under the race detector; the end-to-end, conformance and
-# packaging suites drive the built binary and real clients.
+# Every product package under the race detector (fuzz targets run their
+# seed corpora); the end-to-end, conformance and packaging suites drive the
+# built binary and real clients.
+PRODUCT   := ./cache/... ./cmd/... ./configs/... ./mirror/... ./service/... ./store/...
 test: build
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 10m ./cache/... ./cmd/... ./configs/... ./mirror/... ./store/...
-	$(GO) test -count=1 -timeout 20m ./test/...
+	$(GO) test -race -count=1 -timeout 15m $(PRODUCT)
+	$(GO) test -count=1 -timeout 25m ./test/...
+
+# Each fuzz target for FUZZTIME (default 1m); new crashers land in testdata/fuzz.
+FUZZTIME  ?= 1m
+FUZZ_TARGETS := cache:FuzzParseRoute cache:FuzzParseRange mirror:FuzzCheckManifest store:FuzzParseManifest configs:FuzzParse
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t#*:}; \
+		echo "fuzz $$pkg $$fn for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
+	done
 
 # Only the end-to-end suite with real clients (needs scripts/install-test-deps.sh, as root).
 test-e2e: build

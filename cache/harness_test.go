@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"crypto/rand"
 	"io"
 	"log"
 	"net"
@@ -16,7 +17,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/outpost-oci/outpost/cache"
 	"github.com/outpost-oci/outpost/mirror"
@@ -52,6 +56,7 @@ type upstreamServer struct {
 	t      *testing.T
 	srv    *httptest.Server
 	fault  atomic.Pointer[fault]
+	wrap   atomic.Pointer[wrapper]
 	mu     sync.Mutex
 	counts map[string]int // "GET manifests", "HEAD blobs", ...
 }
@@ -75,11 +80,19 @@ func newUpstreamServer(t *testing.T, referrers bool) *upstreamServer {
 		if f := u.fault.Load(); f != nil && (*f)(w, r) {
 			return
 		}
+		if wr := u.wrap.Load(); wr != nil {
+			w = (*wr)(w, r)
+		}
 		reg.ServeHTTP(w, r)
 	}))
 	t.Cleanup(u.srv.Close)
 	return u
 }
+
+// wrapper replaces the response writer the registry answers through.
+type wrapper func(http.ResponseWriter, *http.Request) http.ResponseWriter
+
+func (u *upstreamServer) setWrap(f wrapper) { u.wrap.Store(&f) }
 
 func (u *upstreamServer) setFault(f fault) {
 	if f == nil {
@@ -130,11 +143,18 @@ func (u *upstreamServer) push(repo, tag string, img any) v1.Hash {
 	return d
 }
 
+// randomImage is an image of layers random, uncompressed layers of size
+// bytes (quick to make, however large).
 func randomImage(t *testing.T, size int64, layers int) v1.Image {
 	t.Helper()
-	img, err := random.Image(size, int64(layers))
-	if err != nil {
-		t.Fatal(err)
+	img := empty.Image
+	for i := 0; i < layers; i++ {
+		b := make([]byte, size)
+		rand.Read(b)
+		var err error
+		if img, err = mutate.AppendLayers(img, static.NewLayer(b, types.DockerLayer)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return img
 }
@@ -296,5 +316,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// setUpstream makes u the cache's only, default upstream.
+func (e *env) setUpstream(u *mirror.Upstream, tagTTL time.Duration) {
+	e.t.Helper()
+	e.ups = append(e.ups, u)
+	if err := e.cache.SetUpstreams([]cache.UpstreamOptions{{Upstream: u, TagTTL: tagTTL,
+		RevalidateTimeout: 300 * time.Millisecond, Default: true}}); err != nil {
+		e.t.Fatal(err)
 	}
 }

@@ -280,7 +280,7 @@ func (w *BlobWriter) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
 	for {
 		buf := getBuffer()
-		n, rerr := fill(r, *buf)
+		n, rerr := r.Read(*buf) // what has arrived goes to followers at once
 		if n > 0 {
 			if err := w.write((*buf)[:n]); err != nil {
 				putBuffer(buf)
@@ -300,19 +300,6 @@ func (w *BlobWriter) ReadFrom(r io.Reader) (int64, error) {
 			return total, rerr
 		}
 	}
-}
-
-// fill reads into buf until it holds at least half of it or r stops.
-func fill(r io.Reader, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf)/2 {
-		k, err := r.Read(buf[n:])
-		n += k
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // write puts p in the part file, checking the size and, every few MiB,
