@@ -19,9 +19,12 @@ import (
 //   - No metadata is written while free space is below the floor (a
 //     quarter of the reserve, at least 4 MiB): enough for Badger to rotate
 //     a memtable, flush it and compact a small tree.
-//   - A ballast file (half the reserve) holds space back for the day
-//     something else fills the disk: below the floor it is deleted, giving
-//     Badger room, and it is written again once there is space.
+//   - Two ballast files (a quarter of the reserve each) hold space back for
+//     the day something else fills the disk. Below the floor the first is
+//     deleted, giving the running Badger room; the second is deleted only
+//     to close or open the store, so that Badger can flush its memtable on
+//     the way down and replay its log on the way up even if the first was
+//     eaten too. Both are written again once there is space.
 //   - Opened on a disk too full even for that, the store runs read-only,
 //     serving what it has, and reopens itself for writing when space
 //     comes back.
@@ -37,8 +40,11 @@ const DefaultReserve = 64 << 20
 const (
 	minFloor        = 4 << 20
 	spaceCheckEvery = 8 << 20 // bytes written between free-space checks
-	ballastName     = "ballast"
 )
+
+// The ballast files: the running one, and the one kept for closing and
+// opening.
+var ballastNames = [2]string{"ballast.running", "ballast.restart"}
 
 type space struct {
 	reserve  int64
@@ -46,6 +52,7 @@ type space struct {
 	ballast  int64
 	promised atomic.Int64 // bytes writes in flight announced but have not written yet
 	low      atomic.Bool  // below the reserve: new content refused
+	refusing atomic.Bool  // the last write of new content was refused for lack of space
 	critical atomic.Bool  // below the floor: metadata refused
 	free     atomic.Int64 // last measured free bytes
 }
@@ -54,7 +61,7 @@ func newSpace(reserve int64) space {
 	if reserve <= 0 {
 		reserve = DefaultReserve
 	}
-	return space{reserve: reserve, floor: max(reserve/4, minFloor), ballast: reserve / 2}
+	return space{reserve: reserve, floor: max(reserve/4, minFloor), ballast: reserve / 4}
 }
 
 // measure reads the free space and updates the state, logging changes.
@@ -87,7 +94,14 @@ func (s *Store) admit(n int64) error {
 	}
 	free := s.measure()
 	if free-s.space.promised.Load()-n < s.space.reserve {
+		if !s.space.refusing.Swap(true) && !s.space.low.Load() {
+			s.log.Error("not enough free disk space: new content is not cached until space is freed; cached content is still served",
+				"root", s.root, "free", free, "needed", n, "reserve", s.space.reserve)
+		}
 		return fmt.Errorf("%w: %d bytes free in %s, keeping %d for metadata", ErrNoSpace, free, s.root, s.space.reserve)
+	}
+	if s.space.refusing.Swap(false) && !s.space.low.Load() {
+		s.log.Info("there is free disk space again: caching new content", "root", s.root, "free", free)
 	}
 	return nil
 }
@@ -101,7 +115,7 @@ func (s *Store) metaWritable() error {
 	if s.measure() >= s.space.floor {
 		return nil
 	}
-	if s.releaseBallast() && s.measure() >= s.space.floor {
+	if s.releaseBallast(1) && s.measure() >= s.space.floor {
 		return nil
 	}
 	return fmt.Errorf("%w: %d bytes free in %s", ErrNoSpace, s.space.free.Load(), s.root)
@@ -110,41 +124,47 @@ func (s *Store) metaWritable() error {
 // Space reports the last measured free bytes, the reserve, and whether new
 // content is being refused for lack of space.
 func (s *Store) Space() (free, reserve int64, full bool) {
-	return s.space.free.Load(), s.space.reserve, s.space.low.Load() || s.readOnly.Load()
+	return s.space.free.Load(), s.space.reserve, s.space.low.Load() || s.space.refusing.Load() || s.readOnly.Load()
 }
 
-func (s *Store) ballastPath() string { return filepath.Join(s.root, ballastName) }
+func (s *Store) ballastPath(i int) string { return filepath.Join(s.root, ballastNames[i]) }
 
-// releaseBallast deletes the ballast file; it reports whether there was one.
-func (s *Store) releaseBallast() bool {
-	if err := os.Remove(s.ballastPath()); err != nil {
-		return false
+// releaseBallast deletes up to n ballast files (1: the running one, 2:
+// both); it reports whether it deleted any.
+func (s *Store) releaseBallast(n int) bool {
+	released := false
+	for i := 0; i < n; i++ {
+		if os.Remove(s.ballastPath(i)) == nil {
+			released = true
+			s.log.Warn("the disk is nearly full: released a ballast file to keep metadata writable",
+				"root", s.root, "file", ballastNames[i], "bytes", s.space.ballast)
+		}
 	}
-	s.log.Warn("the disk is nearly full: released the ballast file to keep metadata writable", "root", s.root,
-		"bytes", s.space.ballast)
-	return true
+	return released
 }
 
-// keepBallast writes the ballast file if it is missing and there is
-// clearly room for it.
+// keepBallast writes missing ballast files while there is clearly room.
 func (s *Store) keepBallast() {
 	if s.space.ballast <= 0 || s.readOnly.Load() {
 		return
 	}
-	if fi, err := os.Stat(s.ballastPath()); err == nil && fi.Size() == s.space.ballast {
-		return
-	}
-	if s.measure() < s.space.reserve+2*s.space.ballast {
-		return
-	}
-	tmp := s.ballastPath() + ".tmp"
-	if err := allocate(tmp, s.space.ballast); err != nil {
-		os.Remove(tmp)
-		s.log.Warn("cannot write the ballast file", "err", err)
-		return
-	}
-	if err := os.Rename(tmp, s.ballastPath()); err != nil {
-		os.Remove(tmp)
+	for i := len(ballastNames) - 1; i >= 0; i-- { // the restart one first
+		path := s.ballastPath(i)
+		if fi, err := os.Stat(path); err == nil && fi.Size() == s.space.ballast {
+			continue
+		}
+		if s.measure() < s.space.reserve+2*s.space.ballast {
+			return
+		}
+		tmp := path + ".tmp"
+		if err := allocate(tmp, s.space.ballast); err != nil {
+			os.Remove(tmp)
+			s.log.Warn("cannot write a ballast file", "err", err)
+			return
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			os.Remove(tmp)
+		}
 	}
 }
 
@@ -163,7 +183,7 @@ func (s *Store) watchSpace(every time.Duration) {
 		}
 		free := s.measure()
 		if free < s.space.floor {
-			s.releaseBallast()
+			s.releaseBallast(1)
 			continue
 		}
 		if s.readOnly.Load() {

@@ -116,7 +116,10 @@ const minFreeToOpen = 2 << 20
 func (s *Store) openDB() error {
 	dir := filepath.Join(s.root, "meta")
 	free := s.measure()
-	if free < s.space.floor && s.releaseBallast() {
+	if free < s.space.floor && s.releaseBallast(1) {
+		free = s.measure()
+	}
+	if free < minFreeToOpen && s.releaseBallast(2) {
 		free = s.measure()
 	}
 	if free >= minFreeToOpen {
@@ -223,13 +226,28 @@ func (s *Store) checkSchema() error {
 	return nil
 }
 
-// Close flushes access times and closes Badger. Sessions must be finished.
+// Close flushes access times and closes Badger, which writes its memtable
+// out: on a nearly full disk the last ballast goes first to make room for
+// that. Sessions must be finished.
 func (s *Store) Close() error {
 	close(s.stop)
 	s.wg.Wait()
 	err := s.flushAccess()
+	if errors.Is(err, ErrNoSpace) {
+		err = nil // the access times of the last minutes are lost, nothing else
+	}
+	if s.measure() < s.space.floor {
+		s.releaseBallast(2)
+	}
 	s.dbMu.Lock()
 	defer s.dbMu.Unlock()
+	if free := s.measure(); free < minFreeToOpen && !s.readOnly.Load() {
+		// Flushing now would fault on a page the disk cannot give. The
+		// memtable's log is complete in the page cache; the next Open
+		// replays it.
+		s.log.Error("the disk is full: leaving the metadata log for the next start to replay", "root", s.root, "free", free)
+		return err
+	}
 	return errors.Join(err, s.db.Close())
 }
 

@@ -33,7 +33,9 @@ func (s *Store) sweepSessions() error {
 		}
 		s.log.Info("removed interrupted session", "session", e.Name())
 	}
-	os.Remove(s.ballastPath() + ".tmp")
+	for i := range ballastNames {
+		os.Remove(s.ballastPath(i) + ".tmp")
+	}
 	return nil
 }
 

@@ -11,8 +11,9 @@ import (
 // Server is a started process that serves the registry API on Addr.
 type Server struct {
 	*Proc
-	Addr string // 127.0.0.1:PORT
-	Data string // storage root
+	Addr  string // 127.0.0.1:PORT
+	Data  string // storage root
+	Admin string // the admin listener (/metrics), if configured
 }
 
 // URL returns http://Addr followed by path ("" or "/v2/...").
@@ -65,18 +66,26 @@ http:
 type Upstream struct {
 	Name              string
 	URL               string
+	URLs              []string // several URLs, tried in order (instead of URL)
 	Default           bool
 	TagTTL            string // empty: product default
 	RevalidateTimeout string // empty: product default
 	RequestTimeout    string // empty: product default
+	Extra             string // more keys of the entry, one per line ("probeTimeout: 2s")
 }
 
 // OutpostConfig renders outpost's YAML configuration.
 type OutpostConfig struct {
 	Addr      string // empty: StartOutpost picks a free port
+	Admin     bool   // serve /metrics on a free port (Server.Admin)
 	Root      string // storage root; empty: StartOutpost uses dir/data
+	Reserve   string // storage.reserve; empty: product default
+	HTTP      string // more keys of the http section, one per line ("writeTimeout: 5s")
 	Level     string // log level; empty: warn
+	Extra     string // more top-level sections, as YAML ("fills:\n  max: 2\n")
 	Upstreams []Upstream
+
+	adminAddr string // set by StartOutpost when Admin is true
 }
 
 // YAML is the configuration file's content.
@@ -86,9 +95,36 @@ func (c OutpostConfig) YAML() string {
 		level = "warn"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "http:\n  address: %s\nstorage:\n  root: %s\nlog:\n  level: %s\nupstreams:\n", c.Addr, c.Root, level)
+	fmt.Fprintf(&b, "http:\n  address: %s\n", c.Addr)
+	for _, line := range strings.Split(strings.TrimSpace(c.HTTP), "\n") {
+		if line != "" {
+			fmt.Fprintf(&b, "  %s\n", strings.TrimSpace(line))
+		}
+	}
+	fmt.Fprintf(&b, "storage:\n  root: %s\n", c.Root)
+	if c.Reserve != "" {
+		fmt.Fprintf(&b, "  reserve: %s\n", c.Reserve)
+	}
+	if c.adminAddr != "" {
+		fmt.Fprintf(&b, "admin:\n  address: %s\n", c.adminAddr)
+	}
+	fmt.Fprintf(&b, "log:\n  level: %s\n%s", level, c.Extra)
+	b.WriteString("upstreams:\n")
 	for _, u := range c.Upstreams {
-		fmt.Fprintf(&b, "  - name: %s\n    urls: [%q]\n    insecure: true\n", u.Name, u.URL)
+		urls := u.URLs
+		if len(urls) == 0 {
+			urls = []string{u.URL}
+		}
+		quoted := make([]string, len(urls))
+		for i, url := range urls {
+			quoted[i] = fmt.Sprintf("%q", url)
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    urls: [%s]\n    insecure: true\n", u.Name, strings.Join(quoted, ", "))
+		for _, line := range strings.Split(strings.TrimSpace(u.Extra), "\n") {
+			if line != "" {
+				fmt.Fprintf(&b, "    %s\n", strings.TrimSpace(line))
+			}
+		}
 		if u.Default {
 			b.WriteString("    default: true\n")
 		}
@@ -113,6 +149,9 @@ func StartOutpost(tb testing.TB, dir string, cfg OutpostConfig) *Server {
 	if cfg.Addr == "" {
 		cfg.Addr = FreeAddr(tb)
 	}
+	if cfg.Admin && cfg.adminAddr == "" {
+		cfg.adminAddr = FreeAddr(tb)
+	}
 	if cfg.Root == "" {
 		cfg.Root = filepath.Join(dir, "data")
 	}
@@ -123,5 +162,5 @@ func StartOutpost(tb testing.TB, dir string, cfg OutpostConfig) *Server {
 	WriteFile(tb, cfgPath, cfg.YAML())
 	p := Start(tb, "outpost", filepath.Join(dir, "outpost.log"), Env(), bin, "serve", "--config", cfgPath)
 	p.WaitV2(tb, cfg.Addr)
-	return &Server{Proc: p, Addr: cfg.Addr, Data: cfg.Root}
+	return &Server{Proc: p, Addr: cfg.Addr, Data: cfg.Root, Admin: cfg.adminAddr}
 }
