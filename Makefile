@@ -34,7 +34,7 @@ test: build
 
 # Each fuzz target for FUZZTIME (default 1m); new crashers land in testdata/fuzz.
 FUZZTIME  ?= 1m
-FUZZ_TARGETS := cache:FuzzParseRoute cache:FuzzParseRange mirror:FuzzCheckManifest store:FuzzParseManifest configs:FuzzParse
+FUZZ_TARGETS := cache:FuzzParseRoute cache:FuzzParseRange cache:FuzzNames mirror:FuzzCheckManifest store:FuzzParseManifest configs:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t#*:}; \

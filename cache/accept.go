@@ -2,7 +2,7 @@ package cache
 
 import (
 	"bytes"
-	"mime"
+	"errors"
 	"net/http"
 	"os"
 	"strconv"
@@ -21,27 +21,47 @@ import (
 // manifest list asked for by tag is replaced by its linux/amd64 image, and
 // a Docker image manifest is served regardless.
 
-// accepts reports whether the Accept header values allow media type mt.
+// accepts reports whether the Accept header values allow media type mt:
+// listed (not with q=0), or */*, or application/*, or no usable Accept at
+// all. It runs on every manifest request, so it parses by hand.
 func accepts(values [][]byte, mt string) bool {
 	seen := false
 	for _, v := range values {
-		for _, part := range bytes.Split(v, []byte(",")) {
-			t, params, err := mime.ParseMediaType(string(bytes.TrimSpace(part)))
-			if err != nil {
-				continue
+		for len(v) > 0 {
+			var part []byte
+			if i := bytes.IndexByte(v, ','); i >= 0 {
+				part, v = v[:i], v[i+1:]
+			} else {
+				part, v = v, nil
+			}
+			typ, params, _ := bytes.Cut(part, []byte(";"))
+			typ = bytes.TrimSpace(typ)
+			if bytes.IndexByte(typ, '/') <= 0 {
+				continue // not a media type
 			}
 			seen = true
-			if q, ok := params["q"]; ok {
-				if f, err := strconv.ParseFloat(q, 64); err == nil && f == 0 {
-					continue // explicitly not acceptable
-				}
+			if len(params) > 0 && refused(params) {
+				continue
 			}
-			if t == mt || t == "*/*" || t == "application/*" {
+			if bytes.EqualFold(typ, []byte(mt)) || string(typ) == "*/*" || bytes.EqualFold(typ, []byte("application/*")) {
 				return true
 			}
 		}
 	}
 	return !seen
+}
+
+// refused reports whether media-type parameters say q=0.
+func refused(params []byte) bool {
+	for _, p := range bytes.Split(params, []byte(";")) {
+		k, v, ok := bytes.Cut(bytes.TrimSpace(p), []byte("="))
+		if ok && bytes.EqualFold(bytes.TrimSpace(k), []byte("q")) {
+			if f, err := strconv.ParseFloat(string(bytes.TrimSpace(v)), 64); err == nil && f == 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // The platform distribution picks from a manifest list for a client that
@@ -88,6 +108,11 @@ func (c *Cache) negotiate(r route, m store.Manifest, accept [][]byte) (store.Man
 		return m, nil, err
 	}
 	cm, f, err := c.store.OpenManifest(*child)
+	if errors.Is(err, store.ErrNotFound) { // linked through the list, not fetched yet
+		if _, err = c.fetchByDigest(r, *child); err == nil {
+			cm, f, err = c.store.OpenManifest(*child)
+		}
+	}
 	if err != nil {
 		return m, nil, err
 	}

@@ -111,7 +111,7 @@ func (c *Cache) serveFile(ctx *fasthttp.RequestCtx, d v1.Hash, f *os.File, size 
 		return nil
 	}
 	ctx.SetBodyStream(f, int(n))
-	c.metrics.servedBytes.WithLabelValues("store").Add(float64(n))
+	c.metrics.store.Add(float64(n))
 	return nil
 }
 

@@ -250,17 +250,25 @@ func (c *Cache) handler(ctx *fasthttp.RequestCtx) {
 		ctx.SetBody(re.body())
 	}
 	took := time.Since(start)
-	route, status := routeNames[k], ctx.Response.StatusCode()
-	c.metrics.requests.WithLabelValues(route, string(ctx.Method()), strconv.Itoa(status)).Inc()
-	c.metrics.duration.WithLabelValues(route).Observe(took.Seconds())
-	if out != outcomeNone && (k == kindManifest || k == kindBlob) {
-		c.metrics.results.WithLabelValues(route, string(out)).Inc()
-	}
+	status := ctx.Response.StatusCode()
+	c.metrics.observe(k, methodName(ctx), status, out, took.Seconds())
 	if c.log.Enabled(context.Background(), slog.LevelInfo) {
 		c.log.Info("request", "id", ctx.ID(), "method", string(ctx.Method()), "path", string(ctx.Path()),
 			"status", status, "cache", string(out), "remote", ctx.RemoteIP().String(),
 			"ms", float64(took.Microseconds())/1000)
 	}
+}
+
+// methodName is the request method as a constant string for the common
+// ones (no allocation), as sent for the rest.
+func methodName(ctx *fasthttp.RequestCtx) string {
+	switch {
+	case ctx.IsGet():
+		return http.MethodGet
+	case ctx.IsHead():
+		return http.MethodHead
+	}
+	return string(ctx.Method())
 }
 
 func (c *Cache) handle(ctx *fasthttp.RequestCtx) (kind, outcome, error) {

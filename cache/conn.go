@@ -98,10 +98,23 @@ func refuse(c net.Conn, reason string) {
 // connection's ReadFrom, so files still go out with sendfile.
 type conn struct {
 	net.Conn
-	l       *limitListener
-	ip      netip.Addr
-	timeout time.Duration
-	once    sync.Once
+	l        *limitListener
+	ip       netip.Addr
+	timeout  time.Duration
+	deadline time.Time // the write deadline last set
+	once     sync.Once
+}
+
+// renew pushes the write deadline to timeout from now, unless it was set
+// so recently that it is still most of the way off (a deadline costs a
+// timer update; manifests are tens of thousands of writes a second).
+func (c *conn) renew() error {
+	now := time.Now()
+	if c.deadline.Sub(now) > c.timeout-c.timeout/8 {
+		return nil
+	}
+	c.deadline = now.Add(c.timeout)
+	return c.SetWriteDeadline(c.deadline)
 }
 
 const (
@@ -113,7 +126,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), writeChunk)
-		if err := c.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		if err := c.renew(); err != nil {
 			return n, err
 		}
 		m, err := c.Conn.Write(p[:k])
@@ -149,7 +162,7 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 			}
 			n = min(n, lr.N)
 		}
-		if err := c.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		if err := c.renew(); err != nil {
 			return sent, err
 		}
 		m, err := rf.ReadFrom(&io.LimitedReader{R: f, N: n})

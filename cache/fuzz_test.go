@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 
@@ -49,6 +50,34 @@ func FuzzParseRoute(f *testing.F) {
 		}
 		if (r.kind == kindBlob || r.kind == kindReferrers) && !digestPattern.MatchString(r.ref) {
 			t.Fatalf("%q: blob route with ref %q", path, r.ref)
+		}
+	})
+}
+
+// The spec's grammar as regular expressions: what the hand-written
+// validators must agree with.
+var (
+	repoPattern   = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+	tagPattern    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+	digestPattern = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`)
+)
+
+// FuzzNames: the validators accept exactly what the spec's grammar does.
+func FuzzNames(f *testing.F) {
+	for _, s := range []string{"library/alpine", "a", "a.b_c__d---e/f", "a..b", "a___b", "-a", "a-", "a/", "/a", "a//b", "A",
+		"sha256:" + strings.Repeat("a", 64), "sha512:" + strings.Repeat("0", 128), "sha256:" + strings.Repeat("A", 64),
+		"latest", "v1.2.3-rc_1", ".x", strings.Repeat("t", 129), "_x", "a__b", "a.-b", "a_-b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := validRepo(s), repoPattern.MatchString(s); got != want {
+			t.Errorf("validRepo(%q) = %v, grammar says %v", s, got, want)
+		}
+		if got, want := validTag(s), tagPattern.MatchString(s); got != want {
+			t.Errorf("validTag(%q) = %v, grammar says %v", s, got, want)
+		}
+		if got, want := validDigest(s), digestPattern.MatchString(s); got != want {
+			t.Errorf("validDigest(%q) = %v, grammar says %v", s, got, want)
 		}
 	})
 }

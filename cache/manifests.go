@@ -36,6 +36,12 @@ func (c *Cache) manifest(ctx *fasthttp.RequestCtx, r route) (outcome, error) {
 		return out, mapManifestErr(err)
 	}
 	m, f, err := c.store.OpenManifest(d)
+	if errors.Is(err, store.ErrNotFound) && out == outcomeHit && isDigest(r.ref) {
+		// Linked, but the content is gone (removed since): fetch it again.
+		if out, err = c.fetchByDigest(r, d); err == nil {
+			m, f, err = c.store.OpenManifest(d)
+		}
+	}
 	if err != nil {
 		return out, mapManifestErr(err)
 	}
@@ -78,7 +84,7 @@ func (c *Cache) serveManifest(ctx *fasthttp.RequestCtx, m store.Manifest, f *os.
 	} else {
 		ctx.Response.SetBodyRaw(m.Bytes)
 	}
-	c.metrics.servedBytes.WithLabelValues("store").Add(float64(m.Size))
+	c.metrics.store.Add(float64(m.Size))
 }
 
 func mapManifestErr(err error) error {
@@ -91,9 +97,15 @@ func mapManifestErr(err error) error {
 // upstream confirmed that this repository has it too (a registry answers
 // 404 for a digest that is not in the repository); offline it is not.
 func (c *Cache) manifestByDigest(r route, d v1.Hash) (outcome, error) {
-	if c.store.Linked(r.key, d) && c.store.HasBlob(d) {
+	if c.store.Linked(r.key, d) {
 		return outcomeHit, nil
 	}
+	return c.fetchByDigest(r, d)
+}
+
+// fetchByDigest stores manifest d for r's repository, or links it if it
+// is stored for another one, once upstream confirmed r has it.
+func (c *Cache) fetchByDigest(r route, d v1.Hash) (outcome, error) {
 	stored := c.store.HasBlob(d)
 	_, err, _ := c.manifests.Do(r.key+"@"+d.String(), func() (any, error) {
 		if !c.track() {

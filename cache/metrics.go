@@ -1,6 +1,9 @@
 package cache
 
 import (
+	"strconv"
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -18,6 +21,8 @@ type metrics struct {
 	fillsAbandoned prometheus.Counter
 	conns          prometheus.Gauge
 	connsRefused   *prometheus.CounterVec // reason
+	series         sync.Map               // requestKey → *requestSeries
+	store          prometheus.Counter     // served bytes from the store
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,11 +62,51 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "outpost_http_connections_refused_total", Help: "Client connections refused, by limit: total or per_ip.",
 		}, []string{"reason"}),
 	}
+	m.store = m.servedBytes.WithLabelValues("store")
 	if reg != nil {
 		reg.MustRegister(m.requests, m.duration, m.results, m.servedBytes, m.fillsInFlight, m.fillWaiters, m.fillsCut,
 			m.fillsRefused, m.fillsAbandoned, m.conns, m.connsRefused)
 	}
 	return m
+}
+
+// requestKey names the per-request series, so that each request's
+// counters and histogram are found without hashing label values.
+type requestKey struct {
+	k      kind
+	method string
+	code   int
+	out    outcome
+}
+
+type requestSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+	result   prometheus.Counter // nil: no result recorded
+}
+
+// observe counts one request. The set of keys is small (routes × methods ×
+// status codes seen × outcomes).
+func (m *metrics) observe(k kind, method string, code int, out outcome, seconds float64) {
+	key := requestKey{k, method, code, out}
+	v, ok := m.series.Load(key)
+	if !ok {
+		route := routeNames[k]
+		s := &requestSeries{
+			requests: m.requests.WithLabelValues(route, method, strconv.Itoa(code)),
+			duration: m.duration.WithLabelValues(route),
+		}
+		if out != outcomeNone && (k == kindManifest || k == kindBlob) {
+			s.result = m.results.WithLabelValues(route, string(out))
+		}
+		v, _ = m.series.LoadOrStore(key, s)
+	}
+	s := v.(*requestSeries)
+	s.requests.Inc()
+	s.duration.Observe(seconds)
+	if s.result != nil {
+		s.result.Inc()
+	}
 }
 
 var routeNames = map[kind]string{

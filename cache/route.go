@@ -2,7 +2,6 @@ package cache
 
 import (
 	"net/http"
-	"regexp"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -30,13 +29,6 @@ type route struct {
 	key  string // the canonical store key, e.g. docker.io/library/alpine
 	ref  string // tag or digest
 }
-
-// Grammar from the OCI distribution spec.
-var (
-	repoPattern   = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
-	tagPattern    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-	digestPattern = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`)
-)
 
 const maxNameLength = 255
 
@@ -116,7 +108,7 @@ func (c *Cache) resolveName(r *route, parts []string, ns string) error {
 		r.repo = "library/" + r.repo
 	}
 	r.key = r.up.name + "/" + r.repo
-	if len(r.key) > maxNameLength || !repoPattern.MatchString(r.repo) {
+	if len(r.key) > maxNameLength || !validRepo(r.repo) {
 		return newError(http.StatusBadRequest, transport.NameInvalidErrorCode, "invalid repository name %q", r.name)
 	}
 	return nil
@@ -125,14 +117,14 @@ func (c *Cache) resolveName(r *route, parts []string, ns string) error {
 func (c *Cache) checkRef(r route) error {
 	switch {
 	case r.kind == kindBlob || r.kind == kindReferrers:
-		if !digestPattern.MatchString(r.ref) {
+		if !validDigest(r.ref) {
 			return newError(http.StatusBadRequest, transport.DigestInvalidErrorCode, "invalid digest %q", r.ref)
 		}
 	case r.kind == kindManifest && strings.Contains(r.ref, ":"):
-		if !digestPattern.MatchString(r.ref) {
+		if !validDigest(r.ref) {
 			return newError(http.StatusBadRequest, transport.DigestInvalidErrorCode, "invalid digest %q", r.ref)
 		}
-	case r.kind == kindManifest && !tagPattern.MatchString(r.ref):
+	case r.kind == kindManifest && !validTag(r.ref):
 		return newError(http.StatusNotFound, transport.ManifestUnknownErrorCode, "invalid tag %q", r.ref)
 	}
 	return nil

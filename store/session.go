@@ -536,6 +536,11 @@ func (ss *Session) Commit() error {
 		}
 	}
 	added, addedBytes, err := ss.writeMeta()
+	for key, v := range ss.meta {
+		if _, isTag := v.(tagMeta); isTag {
+			ss.s.tags.written(key)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}

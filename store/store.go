@@ -49,6 +49,8 @@ type Store struct {
 	access    accessLog
 	stats     stats
 	manifests manifestCache
+	links     linkCache
+	tags      tagCache
 	locks     digestLocks
 	writeMu   sync.Mutex // serializes metadata transactions (see update)
 
@@ -387,31 +389,42 @@ func (s *Store) Blob(d v1.Hash) (*os.File, int64, error) {
 
 // Tag returns what a tag points at.
 func (s *Store) Tag(repo, tag string) (Tag, error) {
+	key := tagKey(repo, tag)
+	if t, ok := s.tags.get(string(key)); ok {
+		return t, nil
+	}
+	gen := s.tags.gen.Load()
 	var meta tagMeta
-	if err := s.get(tagKey(repo, tag), &meta); err != nil {
+	if err := s.get(key, &meta); err != nil {
 		return Tag{}, err
 	}
 	d, err := v1.NewHash(meta.Digest)
 	if err != nil {
 		return Tag{}, fmt.Errorf("store: tag %s:%s: %w", repo, tag, err)
 	}
-	return Tag{Digest: d, CheckedAt: time.Unix(0, meta.CheckedAt)}, nil
+	t := Tag{Digest: d, CheckedAt: time.Unix(0, meta.CheckedAt)}
+	s.tags.put(string(key), t, gen)
+	return t, nil
 }
 
 // ConfirmTag records that upstream confirmed repo:tag → d at the given time.
 // The manifest must already be stored (invariant 3).
 func (s *Store) ConfirmTag(repo, tag string, d v1.Hash, at time.Time) error {
+	key := tagKey(repo, tag)
+	defer s.tags.written(string(key))
 	return s.update(func(txn *badger.Txn) error {
 		if !exists(txn, manifestKey(d.String())) {
 			return fmt.Errorf("store: confirm %s:%s: manifest %s: %w", repo, tag, d, ErrNotFound)
 		}
-		return setJSON(txn, tagKey(repo, tag), tagMeta{Digest: d.String(), CheckedAt: at.UnixNano()})
+		return setJSON(txn, key, tagMeta{Digest: d.String(), CheckedAt: at.UnixNano()})
 	})
 }
 
 // DeleteTag forgets a tag (upstream said it is gone). Content stays.
 func (s *Store) DeleteTag(repo, tag string) error {
-	return s.update(func(txn *badger.Txn) error { return txn.Delete(tagKey(repo, tag)) })
+	key := tagKey(repo, tag)
+	defer s.tags.written(string(key))
+	return s.update(func(txn *badger.Txn) error { return txn.Delete(key) })
 }
 
 // Tags lists a repository's tags, sorted.
@@ -495,23 +508,29 @@ func (s *Store) HasBlob(d v1.Hash) bool {
 }
 
 // Linked reports whether repo references content d: fetched through it,
-// pushed to it, or referenced by one of its manifests.
+// pushed to it, or referenced by one of its manifests. Every blob and
+// manifest request asks, so links found are remembered (see linkCache).
 func (s *Store) Linked(repo string, d v1.Hash) bool {
+	key := string(linkKey(repo, d.String()))
+	if s.links.has(key) {
+		return true
+	}
 	found := false
 	s.view(func(txn *badger.Txn) error {
-		found = exists(txn, linkKey(repo, d.String()))
+		found = exists(txn, []byte(key))
 		return nil
 	})
+	if found {
+		s.links.add(key)
+	}
 	return found
 }
 
-// Link records that repo references stored content d (upstream confirmed
-// it for repo). It is a no-op if d is not stored.
+// Link records that repo references content d (upstream confirmed it for
+// repo), stored or still being written. A link to content that is not
+// stored is harmless: the content is fetched when asked for.
 func (s *Store) Link(repo string, d v1.Hash) error {
 	return s.update(func(txn *badger.Txn) error {
-		if !exists(txn, blobKey(d.String())) && !exists(txn, manifestKey(d.String())) {
-			return nil
-		}
 		if err := txn.Set(linkKey(repo, d.String()), nil); err != nil {
 			return err
 		}
