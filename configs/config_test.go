@@ -213,6 +213,14 @@ func TestParseErrors(t *testing.T) {
 		{"address port", "http:\n  address: \":http\"\n", []string{`http.address: ":http" has port "http"`}},
 		{"empty root", "storage:\n  root: \"\"\n", []string{`line 2: storage.root: must not be empty`}},
 		{"all errors at once", "log: {level: x, format: y}\nstorage: {root: ''}\n", []string{"log.level", "log.format", "storage.root"}},
+		{"bad size", "storage:\n  reserve: lots\n", []string{`line 2: storage.reserve: "lots" is not a size like 64MiB`}},
+		{"tiny reserve", "storage:\n  reserve: 1MiB\n", []string{`line 2: storage.reserve: 1MiB is too small`}},
+		{"negative fills", "fills:\n  max: -1\n", []string{`line 2: fills.max: -1 must not be negative`}},
+		{"fills count not a number", "fills:\n  perUpstream: many\n", []string{`line 2: fills.perUpstream: "many" is not a whole number`}},
+		{"unknown fills key", "fills:\n  maxBlob: 1GiB\n", []string{`line 2: unknown field "maxBlob" in fills (did you mean "maxBlobSize"?)`}},
+		{"negative write timeout", "http:\n  writeTimeout: -1s\n", []string{`line 2: http.writeTimeout: -1s must not be negative`}},
+		{"bad probe timeout", up("    probeTimeout: soon\n"), []string{`line 4: upstreams[0].probeTimeout: "soon" is not a duration`}},
+		{"negative downAfter", up("    downAfter: -2\n"), []string{`line 4: upstreams[0].downAfter: -2 must not be negative`}},
 		{"all type errors at once", up("    tagTTL: a\n    insecure: b\n"), []string{"upstreams[0].tagTTL", "upstreams[0].insecure"}},
 	}
 	for _, tt := range tests {
@@ -238,6 +246,43 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The limits and timings parse from their human forms, and the defaults
+// apply where the file is silent.
+func TestLimitsAndTimings(t *testing.T) {
+	c, err := Parse(src, []byte(`http: {maxConnections: 200, maxConnectionsPerIP: 20, writeTimeout: 30s}
+storage: {reserve: 128MiB}
+fills: {max: 4, perUpstream: 2, queue: 5s, abandonAfter: 2s, maxBlobSize: 2GiB, timeout: 3h}
+upstreams:
+  - {name: a.io, urls: [https://a.io], requestTimeout: 40s, probeTimeout: 30s, probeInterval: 10s,
+     downAfter: 5, downWindow: 2m, failback: 30s, maxFills: 1}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := c.Upstreams[0]
+	if c.HTTP.MaxConnections != 200 || c.HTTP.MaxConnectionsPerIP != 20 || c.HTTP.WriteTimeout.D() != 30*time.Second ||
+		c.Storage.Reserve != 128<<20 || c.Fills.Max != 4 || c.Fills.MaxBlobSize != 2<<30 || c.Fills.Timeout.D() != 3*time.Hour ||
+		u.RequestTimeout.D() != 40*time.Second || u.DownAfter != 5 || u.Failback.D() != 30*time.Second || u.MaxFills != 1 {
+		t.Errorf("parsed %+v %+v %+v %+v", c.HTTP, c.Storage, c.Fills, u)
+	}
+	d, err := Parse(src, []byte("upstreams: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Fills.MaxBlobSize != DefaultMaxBlobSize || d.Storage.Reserve != 0 {
+		t.Errorf("defaults: %+v %+v", d.Fills, d.Storage)
+	}
+	for in, want := range map[string]Size{"64MiB": 64 << 20, "1GiB": 1 << 30, "500MB": 500e6, "4096": 4096, "16 GiB": 16 << 30} {
+		var s Size
+		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
+			t.Errorf("%q: %v %v", in, s, err)
+		}
+	}
+	if Size(64<<20).String() != "64MiB" || Size(1500).String() != "1500" {
+		t.Error("Size.String")
 	}
 }
 

@@ -280,6 +280,9 @@ func suggest(key string, t reflect.Type) string {
 		if strings.EqualFold(n, key) {
 			return n
 		}
+		if len(key) >= 4 && strings.HasPrefix(strings.ToLower(n), strings.ToLower(key)) {
+			best, bestDist = n, 0 // a shortened name
+		}
 		if d := editDistance(strings.ToLower(key), strings.ToLower(n)); d < bestDist {
 			best, bestDist = n, d
 		}

@@ -120,6 +120,20 @@ func peakRSS(p *testenv.Proc) (int64, error) {
 	return 0, errors.New("VmHWM not found")
 }
 
+// cpuSeconds is the user and system CPU time a process has used so far.
+func cpuSeconds(tb testing.TB, p *testenv.Proc) float64 {
+	tb.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// The command may contain spaces; the fields after it start after ")".
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // clock ticks: USER_HZ is 100 on Linux
+}
+
 // upstreamBlobGETs counts, in the upstream's access log, the GET requests
 // for each of the given blob digests (any repository, any status).
 func upstreamBlobGETs(tb testing.TB, up *testenv.Server, digests []string) map[string]int {
