@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/outpost-oci/outpost/cache"
+	"github.com/outpost-oci/outpost/test/testenv"
 )
 
 // slowBlobs slows the upstream's blob bodies to chunk bytes per pause.
@@ -20,35 +21,8 @@ func (u *upstreamServer) slowBlobs(chunk int, pause time.Duration) {
 		if !strings.Contains(r.URL.Path, "/blobs/") || r.Method != http.MethodGet {
 			return w
 		}
-		return &trickleWriter{ResponseWriter: w, chunk: chunk, pause: pause, done: r.Context().Done()}
+		return testenv.TrickleWriter{ResponseWriter: w, Chunk: chunk, Pause: pause, Done: r.Context().Done()}
 	})
-}
-
-type trickleWriter struct {
-	http.ResponseWriter
-	chunk int
-	pause time.Duration
-	done  <-chan struct{}
-}
-
-func (w *trickleWriter) Write(p []byte) (int, error) {
-	n := 0
-	for len(p) > 0 {
-		k := min(len(p), w.chunk)
-		m, err := w.ResponseWriter.Write(p[:k])
-		n += m
-		if err != nil {
-			return n, err
-		}
-		w.ResponseWriter.(http.Flusher).Flush()
-		select {
-		case <-w.done:
-			return n, http.ErrAbortHandler
-		case <-time.After(w.pause):
-		}
-		p = p[k:]
-	}
-	return n, nil
 }
 
 func read(t *testing.T, resp *http.Response) []byte {

@@ -2,7 +2,6 @@ package cache_test
 
 import (
 	"context"
-	"crypto/rand"
 	"io"
 	"log"
 	"net"
@@ -17,14 +16,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/outpost-oci/outpost/cache"
 	"github.com/outpost-oci/outpost/mirror"
 	"github.com/outpost-oci/outpost/store"
+	"github.com/outpost-oci/outpost/test/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 )
@@ -143,20 +139,8 @@ func (u *upstreamServer) push(repo, tag string, img any) v1.Hash {
 	return d
 }
 
-// randomImage is an image of layers random, uncompressed layers of size
-// bytes (quick to make, however large).
 func randomImage(t *testing.T, size int64, layers int) v1.Image {
-	t.Helper()
-	img := empty.Image
-	for i := 0; i < layers; i++ {
-		b := make([]byte, size)
-		rand.Read(b)
-		var err error
-		if img, err = mutate.AppendLayers(img, static.NewLayer(b, types.DockerLayer)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return img
+	return testenv.RandomImage(t, size, layers)
 }
 
 func layerOf(t *testing.T, img v1.Image, i int) v1.Hash {

@@ -657,20 +657,13 @@ func makeDirs(dir string) ([]string, error) {
 
 // Abort drops everything staged and fails writes in progress. It is a
 // no-op after Commit.
-func (ss *Session) Abort() {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if ss.done {
-		return
-	}
-	ss.done = true
-	ss.releaseWrites(nil)
-	os.RemoveAll(ss.dir)
-}
+func (ss *Session) Abort() { ss.end(true) }
 
 // Close ends a resumable session without publishing or removing anything:
 // its part files stay for a later Resume.
-func (ss *Session) Close() {
+func (ss *Session) Close() { ss.end(false) }
+
+func (ss *Session) end(remove bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.done {
@@ -678,6 +671,9 @@ func (ss *Session) Close() {
 	}
 	ss.done = true
 	ss.releaseWrites(nil)
+	if remove {
+		os.RemoveAll(ss.dir)
+	}
 }
 
 func syncDirectory(dir string) error {

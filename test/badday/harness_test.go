@@ -3,7 +3,6 @@ package badday
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
 	"fmt"
 	"io"
 	"log"
@@ -21,11 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcr "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/outpost-oci/outpost/test/testenv"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -90,19 +85,8 @@ func push(t *testing.T, addr, repo, tag string, img v1.Image) v1.Hash {
 	return d
 }
 
-// image is an image of random, incompressible layers of size bytes.
 func image(t *testing.T, size int64, layers int) v1.Image {
-	t.Helper()
-	img := empty.Image
-	for i := 0; i < layers; i++ {
-		b := make([]byte, size)
-		rand.Read(b)
-		var err error
-		if img, err = mutate.AppendLayers(img, static.NewLayer(b, types.DockerLayer)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return img
+	return testenv.RandomImage(t, size, layers)
 }
 
 // pull fetches a manifest by ref through base and every blob it names,

@@ -13,29 +13,6 @@ import (
 	"github.com/outpost-oci/outpost/test/testenv"
 )
 
-// trickleWriter sends a response chunk bytes per pause.
-type trickleWriter struct {
-	http.ResponseWriter
-	chunk int
-	pause time.Duration
-}
-
-func (w trickleWriter) Write(p []byte) (int, error) {
-	n := 0
-	for len(p) > 0 {
-		k := min(len(p), w.chunk)
-		m, err := w.ResponseWriter.Write(p[:k])
-		n += m
-		if err != nil {
-			return n, err
-		}
-		w.ResponseWriter.(http.Flusher).Flush()
-		time.Sleep(w.pause)
-		p = p[k:]
-	}
-	return n, nil
-}
-
 // Many clients asking for many cold blobs from an upstream that trickles:
 // Outpost downloads at most its limit at once, answers the rest 429 with
 // Retry-After after a short wait, stays small, and serves everything once
@@ -117,7 +94,7 @@ func trickleFault(reg *registry, chunk int, pause time.Duration) func(http.Respo
 		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
 			return false
 		}
-		inner.ServeHTTP(trickleWriter{w, chunk, pause}, r)
+		inner.ServeHTTP(testenv.TrickleWriter{ResponseWriter: w, Chunk: chunk, Pause: pause, Done: r.Context().Done()}, r)
 		return true
 	}
 }
