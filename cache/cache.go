@@ -179,8 +179,14 @@ func (c *Cache) SetUpstreams(ups []UpstreamOptions) error {
 		if o.MaxFills <= 0 {
 			o.MaxFills = c.limits.PerUpstream
 		}
+		slots := make(chan struct{}, o.MaxFills)
+		if old := c.upstreams.Load(); old != nil { // a reload: downloads running keep counting
+			if prev := old.byName[name]; prev != nil && cap(prev.fills) == o.MaxFills {
+				slots = prev.fills
+			}
+		}
 		u := &upstream{Upstream: o.Upstream, name: name, tagTTL: o.TagTTL, revalidateTimeout: o.RevalidateTimeout,
-			fills: make(chan struct{}, o.MaxFills)}
+			fills: slots}
 		if t.byName[name] != nil {
 			return fmt.Errorf("cache: upstream %s configured twice", name)
 		}
@@ -253,22 +259,29 @@ func (c *Cache) handler(ctx *fasthttp.RequestCtx) {
 	status := ctx.Response.StatusCode()
 	c.metrics.observe(k, methodName(ctx), status, out, took.Seconds())
 	if c.log.Enabled(context.Background(), slog.LevelInfo) {
-		c.log.Info("request", "id", ctx.ID(), "method", string(ctx.Method()), "path", string(ctx.Path()),
+		c.log.Info("request", "id", ctx.ID(), "method", methodName(ctx), "path", string(ctx.Path()),
 			"status", status, "cache", string(out), "remote", ctx.RemoteIP().String(),
 			"ms", float64(took.Microseconds())/1000)
 	}
 }
 
-// methodName is the request method as a constant string for the common
-// ones (no allocation), as sent for the rest.
+// methodName is the request method for metrics and logs: the standard
+// ones by name, anything else (fasthttp accepts any token) as "other", so
+// that made-up methods cannot grow the set of metric series.
 func methodName(ctx *fasthttp.RequestCtx) string {
-	switch {
+	switch m := ctx.Method(); {
 	case ctx.IsGet():
 		return http.MethodGet
 	case ctx.IsHead():
 		return http.MethodHead
+	default:
+		for _, std := range []string{http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+			if string(m) == std {
+				return std
+			}
+		}
 	}
-	return string(ctx.Method())
+	return "other"
 }
 
 func (c *Cache) handle(ctx *fasthttp.RequestCtx) (kind, outcome, error) {

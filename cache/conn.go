@@ -21,25 +21,45 @@ type limitListener struct {
 	metrics *metrics
 	log     *slog.Logger
 
-	mu    sync.Mutex
-	total int
-	perIP map[netip.Addr]int
+	mu       sync.Mutex
+	total    int
+	perIP    map[netip.Addr]int
+	refusing chan struct{} // refusals being answered, bounded
 }
 
+// maxRefusing bounds the connections being answered a refusal at once.
+const maxRefusing = 64
+
 func newLimitListener(ln net.Listener, limits ConnLimits, m *metrics, log *slog.Logger) *limitListener {
-	return &limitListener{Listener: ln, limits: limits, metrics: m, log: log, perIP: map[netip.Addr]int{}}
+	return &limitListener{Listener: ln, limits: limits, metrics: m, log: log, perIP: map[netip.Addr]int{},
+		refusing: make(chan struct{}, maxRefusing)}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
+	backoff := 5 * time.Millisecond
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			return nil, err
+			if errors.Is(err, net.ErrClosed) {
+				return nil, err
+			}
+			// Out of descriptors or buffers, for a moment: wait, as net/http
+			// does, instead of taking the whole server down.
+			l.log.Warn("accepting a connection failed; retrying", "err", err, "in", backoff.String())
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
+		backoff = 5 * time.Millisecond
 		ip := remoteIP(c)
 		if reason := l.admit(ip); reason != "" {
 			l.metrics.connsRefused.WithLabelValues(reason).Inc()
-			go refuse(c, reason)
+			select {
+			case l.refusing <- struct{}{}:
+				go func() { refuse(c, reason); <-l.refusing }()
+			default:
+				c.Close() // too many being refused already: just close
+			}
 			continue
 		}
 		l.metrics.conns.Inc()
@@ -71,11 +91,21 @@ func (l *limitListener) release(ip netip.Addr) {
 	l.metrics.conns.Dec()
 }
 
+// remoteIP is the client address a per-IP limit counts against: the IPv4
+// address, or the IPv6 /64 (one site's prefix: a client has as many
+// addresses in it as it likes).
 func remoteIP(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}
 	}
-	return netip.Addr{}
+	a := ap.Addr().Unmap()
+	if a.Is6() {
+		if p, err := a.Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return a
 }
 
 // refuse answers a connection over the limits with 429 (or 503 when the
@@ -90,6 +120,13 @@ func refuse(c net.Conn, reason string) {
 	c.SetDeadline(time.Now().Add(time.Second))
 	io.WriteString(c, "HTTP/1.1 "+status+"\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"+
 		"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	// Closing with the request unread would reset the connection and
+	// destroy the answer before the client read it: end our side, then
+	// read what the client sent until it closes (or the second is up).
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
 }
 
 // conn renews its write deadline before every write of at most
@@ -119,7 +156,7 @@ func (c *conn) renew() error {
 
 const (
 	writeChunk    = 256 << 10
-	sendfileChunk = 4 << 20
+	sendfileChunk = 1 << 20
 )
 
 func (c *conn) Write(p []byte) (int, error) {
@@ -131,10 +168,13 @@ func (c *conn) Write(p []byte) (int, error) {
 		}
 		m, err := c.Conn.Write(p[:k])
 		n += m
-		if err != nil {
+		p = p[m:]
+		if err != nil && !slowNotStalled(int64(m), err) {
 			return n, err
 		}
-		p = p[k:]
+		if err != nil {
+			c.deadline = time.Time{}
+		}
 	}
 	return n, nil
 }
@@ -170,13 +210,25 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 		if limited {
 			lr.N -= m
 		}
-		if err != nil {
+		switch {
+		case err != nil && slowNotStalled(m, err):
+			c.deadline = time.Time{}
+			continue
+		case err != nil:
 			return sent, err
-		}
-		if m < n { // the end of the file
+		case m < n: // the end of the file
 			return sent, nil
 		}
 	}
+}
+
+// minProgress is what a client must have taken when a write deadline
+// passes to count as slow rather than stalled: it then gets a fresh
+// deadline and the response goes on.
+const minProgress = 16 << 10
+
+func slowNotStalled(sent int64, err error) bool {
+	return sent >= minProgress && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 func (c *conn) Close() error {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,6 +55,12 @@ func toRegError(err error, notFound transport.ErrorCode) *regError {
 		e := newError(http.StatusServiceUnavailable, transport.UnavailableErrorCode,
 			"this Outpost's disk is full: new content cannot be cached now (cached content is still served)")
 		e.RetryAfter = 60
+		return e
+	case errors.Is(err, context.Canceled):
+		return newError(http.StatusServiceUnavailable, transport.UnavailableErrorCode, "shutting down")
+	case errors.Is(err, errAbandoned) || errors.Is(err, store.ErrAborted):
+		e := newError(http.StatusServiceUnavailable, transport.UnavailableErrorCode, "the download was given up; try again")
+		e.RetryAfter = 1
 		return e
 	case errors.Is(err, errBusy):
 		e := newError(http.StatusTooManyRequests, transport.TooManyRequestsErrorCode,

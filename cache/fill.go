@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/outpost-oci/outpost/store"
 	"github.com/valyala/fasthttp"
+	"net/http"
 )
 
 // A fill is a pull-through download of a blob: upstream's body, under the
@@ -45,8 +46,9 @@ func (c *Cache) serveFill(ctx *fasthttp.RequestCtx, r route, d v1.Hash, linked b
 			return nil
 		}
 		// A failure that belongs to the other repository (its upstream has
-		// no such blob there, or refuses it) is not this one's: try again.
-		if attempt < 2 && repoSpecific(err) && p.Origin() != r.key {
+		// no such blob there, or refuses it) is not this one's, nor is a
+		// download given up just as this request joined it: try again.
+		if attempt < 2 && (repoSpecific(err) && p.Origin() != r.key || errors.Is(err, errAbandoned) || errors.Is(err, store.ErrAborted)) {
 			continue
 		}
 		return toRegError(err, transport.BlobUnknownErrorCode)
@@ -80,21 +82,30 @@ func (c *Cache) streamPending(ctx *fasthttp.RequestCtx, d v1.Hash, p *store.Pend
 		ctx.Response.Header.SetContentLength(int(size))
 		return nil
 	}
-	// A range, or a size upstream did not announce: wait for the verified
-	// blob, so no unverified byte goes out.
-	if size < 0 || len(ctx.Request.Header.Peek("Range")) > 0 {
-		f, n, err := p.Open(c.ctx)
+	rangeHeader := ctx.Request.Header.Peek("Range")
+	start, n, partial, ok := parseRange(rangeHeader, size)
+	// A size upstream did not announce, or a range that ends before the
+	// blob does: wait for the verified blob, so that no unverified byte
+	// goes out unless its response can still be cut.
+	if size < 0 || !ok || partial && start+n < size {
+		f, total, err := p.Open(c.ctx)
 		if err != nil {
 			return err
 		}
-		return c.serveFile(ctx, d, f, n)
+		return c.serveFile(ctx, d, f, total)
 	}
-	r, err := p.Follow()
+	// The whole blob, or its rest (a client resuming with bytes=N-):
+	// follow the download; the last byte waits for the digest check.
+	r, err := p.FollowFrom(start)
 	if err != nil {
 		return err
 	}
 	setBlobHeaders(ctx, d)
-	ctx.SetBodyStream(&fillBody{Follower: r, size: size, m: c.metrics}, int(size))
+	if partial {
+		ctx.SetStatusCode(http.StatusPartialContent)
+		ctx.Response.Header.Set("Content-Range", contentRange(start, n, size))
+	}
+	ctx.SetBodyStream(&fillBody{Follower: r, size: n, m: c.metrics}, int(n))
 	return nil
 }
 
@@ -125,12 +136,19 @@ func (c *Cache) joinOrStart(r route, d v1.Hash) (*store.Pending, error) {
 	if c.store.HasBlob(d) {
 		return nil, nil
 	}
-	release, err := c.acquireFill(r.up)
+	release, joined, err := c.acquireFill(r.up, d)
+	if joined != nil {
+		c.metrics.fillWaiters.Inc()
+		return joined, nil
+	}
 	if err != nil {
 		if errors.Is(err, errBusy) {
 			c.metrics.fillsRefused.WithLabelValues("busy").Inc()
 		}
 		return nil, err
+	}
+	if release == nil { // stored while waiting
+		return nil, nil
 	}
 	if !c.track() {
 		release()
@@ -165,27 +183,54 @@ func (c *Cache) joinOrStart(r route, d v1.Hash) (*store.Pending, error) {
 }
 
 // acquireFill takes a download slot of the upstream and one of the global
-// limit, waiting at most FillLimits.Queue for them.
-func (c *Cache) acquireFill(up *upstream) (release func(), err error) {
-	timer := time.NewTimer(c.limits.Queue)
-	defer timer.Stop()
-	select {
-	case up.fills <- struct{}{}:
-	case <-timer.C:
-		return nil, errBusy
-	case <-c.ctx.Done():
-		return nil, errShuttingDown
+// limit, waiting at most FillLimits.Queue for them. While it waits,
+// someone else may start downloading d, or finish: then it returns the
+// write to join, or nothing at all (d is stored).
+func (c *Cache) acquireFill(up *upstream, d v1.Hash) (release func(), joined *store.Pending, err error) {
+	deadline := time.Now().Add(c.limits.Queue)
+	var tick *time.Ticker
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
+	take := func(slots chan struct{}) (bool, *store.Pending, error) {
+		for {
+			select {
+			case slots <- struct{}{}:
+				return true, nil, nil
+			default:
+			}
+			if p := c.store.Join(d); p != nil {
+				return false, p, nil
+			}
+			if c.store.HasBlob(d) {
+				return false, nil, nil
+			}
+			if time.Now().After(deadline) {
+				return false, nil, errBusy
+			}
+			if tick == nil {
+				tick = time.NewTicker(50 * time.Millisecond)
+			}
+			select {
+			case slots <- struct{}{}:
+				return true, nil, nil
+			case <-tick.C:
+			case <-c.ctx.Done():
+				return false, nil, errShuttingDown
+			}
+		}
 	}
-	select {
-	case c.fills <- struct{}{}:
-	case <-timer.C:
-		<-up.fills
-		return nil, errBusy
-	case <-c.ctx.Done():
-		<-up.fills
-		return nil, errShuttingDown
+	got, joined, err := take(up.fills)
+	if !got {
+		return nil, joined, err
 	}
-	return func() { <-c.fills; <-up.fills }, nil
+	if got, joined, err = take(c.fills); !got {
+		<-up.fills
+		return nil, joined, err
+	}
+	return func() { <-c.fills; <-up.fills }, nil, nil
 }
 
 func (c *Cache) runFill(sess *store.Session, w *store.BlobWriter, r route, d v1.Hash, release func()) {

@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -199,6 +200,7 @@ func TestConnectionLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n") // a request the refusal leaves unread
 	answer, _ := io.ReadAll(c)
 	c.Close()
 	if !bytes.HasPrefix(answer, []byte("HTTP/1.1 429")) || !bytes.Contains(answer, []byte("TOOMANYREQUESTS")) {
@@ -231,4 +233,109 @@ func TestStalledClientIsDropped(t *testing.T) {
 	io.WriteString(c, "GET /v2/acme/app/blobs/"+d.String()+" HTTP/1.1\r\nHost: x\r\n\r\n")
 	waitFor(t, "the request is being answered", func() bool { return e.counter("outpost_http_connections", nil) == 1 })
 	waitFor(t, "the stalled client is dropped", func() bool { return e.counter("outpost_http_connections", nil) == 0 })
+}
+
+// Requests waiting for a download slot join a download of their digest
+// that starts meanwhile, instead of waiting for a slot of their own.
+func TestQueuedRequestJoinsTheDownloadOfItsDigest(t *testing.T) {
+	up := newUpstreamServer(t, false)
+	a, b := randomImage(t, 300_000, 1), randomImage(t, 300_000, 1)
+	up.push("acme/a", "1", a)
+	up.push("acme/b", "1", b)
+	e := newEnv(t, envOptions{fills: cache.FillLimits{Max: 1, PerUpstream: 1, Queue: 1500 * time.Millisecond},
+		upstreams: map[string]*upstreamServer{"docker.io": up}})
+	e.get("GET", "/v2/acme/a/manifests/1")
+	e.get("GET", "/v2/acme/b/manifests/1")
+	up.slowBlobs(16<<10, 50*time.Millisecond) // about a second per blob
+	var wg sync.WaitGroup
+	get := func(repo string, d v1.Hash) {
+		defer wg.Done()
+		status, _, body := e.get("GET", "/v2/"+repo+"/blobs/"+d.String())
+		if got, _, _ := v1.SHA256(bytes.NewReader(body)); status != 200 || got != d {
+			t.Errorf("%s: %d %s", repo, status, body[:min(len(body), 200)])
+		}
+	}
+	wg.Add(3)
+	go get("acme/a", layerOf(t, a, 0))
+	waitFor(t, "the first download runs", func() bool { return e.counter("outpost_fills_in_flight", nil) == 1 })
+	go get("acme/b", layerOf(t, b, 0))
+	go get("acme/b", layerOf(t, b, 0))
+	wg.Wait()
+}
+
+// A client resuming a blob that is still downloading (Range: bytes=N-)
+// is streamed from the download at once, not after it.
+func TestRangeOnADownloadInProgressStreams(t *testing.T) {
+	up := newUpstreamServer(t, false)
+	img := randomImage(t, 500_000, 1)
+	up.push("acme/app", "1", img)
+	d := layerOf(t, img, 0)
+	rc, _ := mustLayer(t, img).Uncompressed()
+	blob, _ := io.ReadAll(rc)
+	e := newEnv(t, envOptions{upstreams: map[string]*upstreamServer{"docker.io": up}})
+	e.get("GET", "/v2/acme/app/manifests/1")
+	up.slowBlobs(16<<10, 50*time.Millisecond) // about 1.5 s
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		e.get("GET", "/v2/acme/app/blobs/"+d.String())
+	}()
+	waitFor(t, "the download runs", func() bool { return e.counter("outpost_fills_in_flight", nil) == 1 })
+	req, _ := http.NewRequest("GET", e.base+"/v2/acme/app/blobs/"+d.String(), nil)
+	req.Header.Set("Range", "bytes=1000-")
+	start := time.Now()
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	headers := time.Since(start)
+	body := read(t, resp)
+	<-first
+	if resp.StatusCode != 206 || !bytes.Equal(body, blob[1000:]) || resp.Header.Get("Content-Range") != fmt.Sprintf("bytes 1000-%d/%d", len(blob)-1, len(blob)) {
+		t.Fatalf("range: %d %q, %d bytes", resp.StatusCode, resp.Header.Get("Content-Range"), len(body))
+	}
+	if headers > 700*time.Millisecond {
+		t.Errorf("the range waited %v for the download", headers)
+	}
+}
+
+// A slow client that keeps reading is not cut by the write timeout, on
+// the sendfile path of a stored blob.
+func TestSlowReaderIsNotDropped(t *testing.T) {
+	up := newUpstreamServer(t, false)
+	img := randomImage(t, 10<<20, 1) // more than the kernel's socket buffers hold
+	up.push("acme/app", "1", img)
+	d := layerOf(t, img, 0)
+	e := newEnv(t, envOptions{conns: cache.ConnLimits{WriteTimeout: 300 * time.Millisecond}, upstreams: map[string]*upstreamServer{"docker.io": up}})
+	e.get("GET", "/v2/acme/app/manifests/1")
+	e.get("GET", "/v2/acme/app/blobs/"+d.String()) // stored
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(16 << 10)
+	io.WriteString(c, "GET /v2/acme/app/blobs/"+d.String()+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	var got int64
+	buf := make([]byte, 64<<10)
+	for { // about 2 MB/s: a 1 MiB sendfile chunk takes longer than the timeout
+		n, err := c.Read(buf)
+		got += int64(n)
+		if err != nil {
+			break
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if got < 10<<20 {
+		t.Fatalf("a slow reader was cut after %d bytes", got)
+	}
+}
+
+func mustLayer(t *testing.T, img v1.Image) v1.Layer {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return layers[0]
 }

@@ -12,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -200,5 +201,31 @@ func TestNonManifestIsNotStored(t *testing.T) {
 	up.setFault(nil)
 	if status, _, _ := e.get("GET", "/v2/acme/app/manifests/1"); status != 200 {
 		t.Errorf("after the portal is gone: %d", status)
+	}
+}
+
+// A manifest whose bytes were stored as a blob first (any repository can
+// serve any bytes as a layer) is still fetched as a manifest.
+func TestManifestStoredAsABlobFirst(t *testing.T) {
+	up := newUpstreamServer(t, false)
+	child := randomImage(t, 100, 1)
+	childBytes, _ := child.RawManifest()
+	childDigest, _ := child.Digest()
+	index := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+		mutate.IndexAddendum{Add: child, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	up.push("acme/app", "1", index)
+	evil, err := mutate.AppendLayers(empty.Image, static.NewLayer(childBytes, types.DockerLayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.push("evil/x", "1", evil)
+	e := newEnv(t, envOptions{tagTTL: time.Hour, upstreams: map[string]*upstreamServer{"docker.io": up}})
+	e.get("GET", "/v2/evil/x/manifests/1")
+	if status, _, _ := e.get("GET", "/v2/evil/x/blobs/"+childDigest.String()); status != 200 {
+		t.Fatalf("the look-alike blob: %d", status)
+	}
+	e.get("GET", "/v2/acme/app/manifests/1")
+	if status, h, _ := e.get("GET", "/v2/acme/app/manifests/"+childDigest.String()); status != 200 || h.Get("Content-Type") == "application/octet-stream" {
+		t.Fatalf("the child by digest after its bytes were cached as a blob: %d %v", status, h)
 	}
 }

@@ -106,13 +106,13 @@ func (c *Cache) manifestByDigest(r route, d v1.Hash) (outcome, error) {
 // fetchByDigest stores manifest d for r's repository, or links it if it
 // is stored for another one, once upstream confirmed r has it.
 func (c *Cache) fetchByDigest(r route, d v1.Hash) (outcome, error) {
-	stored := c.store.HasBlob(d)
+	stored := c.store.HasManifest(d)
 	_, err, _ := c.manifests.Do(r.key+"@"+d.String(), func() (any, error) {
 		if !c.track() {
 			return nil, errShuttingDown
 		}
 		defer c.work.Done()
-		if c.store.Linked(r.key, d) && c.store.HasBlob(d) {
+		if c.store.Linked(r.key, d) && c.store.HasManifest(d) {
 			return nil, nil
 		}
 		if stored { // confirm with a HEAD, then link what we have

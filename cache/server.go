@@ -52,7 +52,7 @@ func (c *Cache) server() *fasthttp.Server {
 		Name:                          "outpost",
 		ReadTimeout:                   c.conns.ReadTimeout,
 		IdleTimeout:                   c.conns.IdleTimeout,
-		MaxRequestBodySize:            1 << 20, // this API takes no bodies
+		MaxRequestBodySize:            4 << 10, // this API takes no bodies
 		ReadBufferSize:                8 << 10, // the longest request line and headers accepted
 		ReduceMemoryUsage:             true,
 		NoDefaultContentType:          true,

@@ -59,6 +59,9 @@ func (b *BlobBody) fail(invalid bool, err error) error {
 func (b *BlobBody) open() error {
 	reqCtx, cancel := context.WithCancelCause(b.ctx)
 	timer := time.AfterFunc(b.u.opts.RequestTimeout, func() { cancel(context.DeadlineExceeded) })
+	// The headers' deadline, for sharing it between URLs (the body may
+	// take longer: the context itself has none).
+	reqCtx = context.WithValue(reqCtx, headerDeadlineKey{}, time.Now().Add(b.u.opts.RequestTimeout))
 	header := http.Header{}
 	if b.off > 0 {
 		header.Set("Range", "bytes="+strconv.FormatInt(b.off, 10)+"-")

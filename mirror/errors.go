@@ -62,7 +62,7 @@ var ErrDown = errors.New("marked down after repeated connection failures; a back
 // definite answer, a rate limit, bad content or the caller going away.
 func isFailure(ctx context.Context, err error) bool {
 	var ue *Error
-	if err == nil || !errors.As(err, &ue) || ue.BadContent() || errors.Is(err, ErrDown) {
+	if err == nil || !errors.As(err, &ue) || ue.BadContent() || errors.Is(err, ErrDown) || errors.Is(err, errNoSlot) {
 		return false
 	}
 	if ue.Status == 0 {

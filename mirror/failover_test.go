@@ -3,6 +3,7 @@ package mirror
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -92,9 +93,9 @@ func TestNotFoundOnlyWhenEveryURLAgrees(t *testing.T) {
 	}
 }
 
-// After failing over from a URL that fails (503, refused), the preferred URL
-// is used again as soon as the probe sees it answer.
-func TestFailbackToThePreferredURL(t *testing.T) {
+// After failing over from a URL that answers 503, the preferred URL is
+// passed over for the failback period, then used first again.
+func TestFailbackAfterCoolDown(t *testing.T) {
 	regional, rsrv := newRecorded(t)
 	internet, isrv := newRecorded(t)
 	seed(t, rsrv, "acme/app")
@@ -102,7 +103,7 @@ func TestFailbackToThePreferredURL(t *testing.T) {
 	regional.reset()
 	internet.reset()
 	u := newTestUpstream(t, Options{URLs: []string{rsrv.URL, isrv.URL}, Insecure: true, RetryMax: 1,
-		ProbeInterval: 50 * time.Millisecond, Failback: time.Hour})
+		ProbeInterval: 50 * time.Millisecond, Failback: 500 * time.Millisecond})
 	regional.status.Store(http.StatusServiceUnavailable)
 	for i := 0; i < 3; i++ {
 		if _, _, err := u.Manifest(context.Background(), "acme/app", "1"); err != nil {
@@ -116,10 +117,74 @@ func TestFailbackToThePreferredURL(t *testing.T) {
 		t.Fatal("an upstream with a working URL was marked down")
 	}
 	regional.status.Store(0)
-	waitUntil(t, "the probe restores the preferred URL", func() bool { return u.endpoints[0].coolUntil.Load() == 0 })
-	internet.hits.Store(0)
+	time.Sleep(200 * time.Millisecond)
+	internet.reset()
+	u.Manifest(context.Background(), "acme/app", "1")
+	if internet.hits.Load() == 0 {
+		t.Error("a URL that answered 503 was tried first again before its cool-down ended")
+	}
+	time.Sleep(400 * time.Millisecond)
+	internet.reset()
 	if _, _, err := u.Manifest(context.Background(), "acme/app", "1"); err != nil || internet.hits.Load() != 0 {
-		t.Errorf("after the preferred URL came back: %v, internet asked %d times", err, internet.hits.Load())
+		t.Errorf("after the cool-down: %v, internet asked %d times", err, internet.hits.Load())
+	}
+}
+
+// A preferred URL that could not be reached is restored as soon as the
+// probe sees it answer, long before the failback period ends.
+func TestProbeRestoresAnUnreachableURL(t *testing.T) {
+	addr := closedPort(t)
+	internet, isrv := newRecorded(t)
+	seed(t, isrv, "acme/app")
+	u := newTestUpstream(t, Options{URLs: []string{"http://" + addr, isrv.URL}, Insecure: true, RetryMax: 1,
+		ProbeInterval: 50 * time.Millisecond, Failback: time.Hour})
+	if _, _, err := u.Manifest(context.Background(), "acme/app", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if u.endpoints[0].coolUntil.Load() == 0 {
+		t.Fatal("the unreachable URL is not passed over")
+	}
+	serveRegistryOn(t, addr)
+	waitUntil(t, "the probe restores the preferred URL", func() bool { return u.endpoints[0].coolUntil.Load() == 0 })
+	internet.reset()
+	u.Manifest(context.Background(), "acme/app", "1") // the restored URL lacks the image: 404, then the next URL
+	if internet.hits.Load() != 1 {
+		t.Errorf("internet asked %d times, want 1 (after the preferred URL's 404)", internet.hits.Load())
+	}
+}
+
+// A URL that accepts connections but never answers gets only its share of
+// the request budget: the next URL is still tried, and the silent one is
+// passed over afterwards.
+func TestSilentURLFailsOver(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accepted, never answered
+		}
+	}()
+	_, isrv := newRecorded(t)
+	seed(t, isrv, "acme/app")
+	u := newTestUpstream(t, Options{URLs: []string{"http://" + ln.Addr().String(), isrv.URL}, Insecure: true,
+		RequestTimeout: 2 * time.Second})
+	start := time.Now()
+	if _, _, err := u.Manifest(context.Background(), "acme/app", "1"); err != nil {
+		t.Fatalf("silent first URL: %v after %v", err, time.Since(start))
+	}
+	if u.endpoints[0].coolUntil.Load() == 0 {
+		t.Error("the silent URL is not passed over")
+	}
+	start = time.Now()
+	if _, _, err := u.Manifest(context.Background(), "acme/app", "1"); err != nil || time.Since(start) > 500*time.Millisecond {
+		t.Errorf("second request: %v after %v", err, time.Since(start))
 	}
 }
 

@@ -178,18 +178,19 @@ func (u *Upstream) tagPage(ctx context.Context, repo string, query url.Values) (
 	return list.Tags, nextQuery(resp.Header.Get("Link")), nil
 }
 
-// nextQuery extracts the query of a `<url>; rel="next"` Link header, or nil.
-func nextQuery(link string) url.Values {
-	target, _, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(link), "<"), ">")
-	if !ok {
-		return nil
+// nextQuery extracts the query of the rel="next" link of a Link header, or nil.
+func nextQuery(header string) url.Values {
+	for _, link := range strings.Split(header, ",") {
+		target, params, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(link), "<"), ">")
+		if !ok || !strings.Contains(strings.ReplaceAll(params, " ", ""), `rel="next"`) {
+			continue
+		}
+		_, q, _ := strings.Cut(target, "?")
+		if v, err := url.ParseQuery(q); err == nil && len(v) > 0 {
+			return v
+		}
 	}
-	_, q, _ := strings.Cut(target, "?")
-	v, err := url.ParseQuery(q)
-	if err != nil || len(v) == 0 {
-		return nil
-	}
-	return v
+	return nil
 }
 
 // Referrers lists the manifests upstream knows whose subject is d: with the

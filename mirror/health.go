@@ -98,7 +98,10 @@ func (u *Upstream) markUp(url string) {
 }
 
 // endpointFailed passes URL i over for Failback, if there is another one.
-func (u *Upstream) endpointFailed(i int) {
+// A URL that could not be reached is also watched by the probe, which
+// restores it as soon as it answers; one that answered with an error (a
+// 5xx) waits out Failback, since answering /v2/ proves nothing about it.
+func (u *Upstream) endpointFailed(i int, unreached bool) {
 	if len(u.endpoints) < 2 {
 		return
 	}
@@ -107,11 +110,15 @@ func (u *Upstream) endpointFailed(i int) {
 		u.opts.Logger.Warn("upstream URL failing; using the next one", "upstream", u.opts.Name, "url", ep.base.String(),
 			"retryAfter", u.opts.Failback.String())
 	}
-	u.startProbe()
+	if unreached {
+		ep.unreached.Store(true)
+		u.startProbe()
+	}
 }
 
 func (u *Upstream) endpointOK(i int) {
 	ep := &u.endpoints[i]
+	ep.unreached.Store(false)
 	if ep.coolUntil.Swap(0) != 0 {
 		u.opts.Logger.Info("upstream URL answers again", "upstream", u.opts.Name, "url", ep.base.String())
 	}
@@ -142,7 +149,7 @@ func (u *Upstream) needsProbe() bool {
 		return true
 	}
 	for i := range u.endpoints {
-		if u.endpoints[i].coolUntil.Load() != 0 {
+		if u.endpoints[i].unreached.Load() {
 			return true
 		}
 	}
@@ -179,7 +186,7 @@ func (u *Upstream) probeLoop() {
 		}
 		down := u.health.down.Load()
 		for i := range u.endpoints {
-			if !down && u.endpoints[i].coolUntil.Load() == 0 {
+			if !down && !u.endpoints[i].unreached.Load() {
 				continue
 			}
 			if u.probeOne(i) {

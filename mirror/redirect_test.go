@@ -155,9 +155,50 @@ func TestIsPublic(t *testing.T) {
 		"127.0.0.1": false, "127.0.0.2": false, "::1": false, "10.1.2.3": false, "192.168.1.1": false,
 		"172.16.0.1": false, "169.254.169.254": false, "fe80::1": false, "fd00::1": false, "100.64.0.1": false,
 		"0.0.0.0": false, "::ffff:127.0.0.1": false, "8.8.8.8": true, "2606:4700::1111": true, "52.216.0.1": true,
+		"64:ff9b::7f00:1": false, "64:ff9b::808:808": true, "2002:c0a8:101::1": false, "198.18.0.1": false,
+		"240.0.0.1": false, "255.255.255.255": false, "192.0.0.8": false,
 	} {
 		if _, err := publicAddrs(context.Background(), addr); (err == nil) != public {
 			t.Errorf("%s: public %v, err %v", addr, public, err)
 		}
+	}
+}
+
+// go-containerregistry's own ping follows redirects with Go's default
+// policy; the guard below it still refuses a downgrade to plain HTTP.
+func TestPingDowngradeRefused(t *testing.T) {
+	plain := startTarget(t, "127.0.0.1", []byte("{}"))
+	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.srv.URL+r.URL.Path, http.StatusFound)
+	}))
+	defer tlsSrv.Close()
+	u := newTestUpstream(t, Options{URLs: []string{tlsSrv.URL}, Insecure: true, Auth: basicAuth()})
+	_, _, err := u.Manifest(context.Background(), "acme/app", "1")
+	var ue *Error
+	if !errors.As(err, &ue) || !ue.BadContent() || plain.hits.Load() != 0 {
+		t.Fatalf("https ping redirected to http: %v (plain server hit %d times)", err, plain.hits.Load())
+	}
+}
+
+// A 404 at /v2/ is a misrouted front (a captive portal, a proxy), not a
+// registry saying the repository does not exist.
+func TestPing404IsNotNotFound(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	u := newTestUpstream(t, Options{URLs: []string{srv.URL}, Insecure: true})
+	_, err := u.Head(context.Background(), "acme/app", "1")
+	var ue *Error
+	if !errors.As(err, &ue) || ue.NotFound() || !ue.BadContent() || u.Down() {
+		t.Fatalf("404 at /v2/: %v", err)
+	}
+}
+
+func TestNextQuery(t *testing.T) {
+	q := nextQuery(`</v2/a/tags/list?last=1&n=2>; rel="prev", </v2/a/tags/list?last=3&n=2>; rel="next"`)
+	if q.Get("last") != "3" {
+		t.Errorf("next page: %v", q)
+	}
+	if q := nextQuery(`</v2/a/tags/list?last=1>; rel="prev"`); q != nil {
+		t.Errorf("no next page: %v", q)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -98,15 +100,15 @@ type endpoint struct {
 	reg       name.Registry
 	guard     http.RoundTripper // redirect guard over the shared retrying transport
 	coolUntil atomic.Int64      // unix nanoseconds until which it is passed over; 0: in good standing
+	unreached atomic.Bool       // it failed at the connection level: the probe watches for its return
 }
 
 // Upstream is one upstream registry with its URLs, credentials and health.
 type Upstream struct {
 	opts        Options
 	endpoints   []endpoint
-	ownHosts    map[string]bool // host names of the URLs: redirects there may use any address
-	probeClient *http.Client    // no retries, no redirects: one quick look
-	requests    chan struct{}   // semaphore of MaxRequests
+	probeClient *http.Client  // no retries, no redirects: one quick look, within ProbeTimeout
+	requests    chan struct{} // semaphore of MaxRequests
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // authenticated, per endpoint and repository scope
@@ -128,9 +130,10 @@ func New(opts Options) (*Upstream, error) {
 		return nil, fmt.Errorf("upstream %s: %w", opts.Name, err)
 	}
 	u := &Upstream{opts: opts, transports: map[string]http.RoundTripper{}, stop: make(chan struct{}),
-		ownHosts: map[string]bool{}, requests: make(chan struct{}, opts.MaxRequests),
-		endpoints: make([]endpoint, len(opts.URLs))}
-	u.probeClient = &http.Client{Transport: base, CheckRedirect: noRedirects}
+		requests: make(chan struct{}, opts.MaxRequests), endpoints: make([]endpoint, len(opts.URLs))}
+	probe := base.Clone()
+	probe.ResponseHeaderTimeout = opts.ProbeTimeout
+	u.probeClient = &http.Client{Transport: probe, CheckRedirect: noRedirects}
 	// Redirects are followed by the outer client in send, under the policy;
 	// the retrying client below must hand them up unfollowed.
 	retrying := &retryablehttp.RoundTripper{Client: &retryablehttp.Client{
@@ -156,11 +159,8 @@ func New(opts Options) (*Upstream, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", opts.Name, err)
 		}
-		u.ownHosts[b.Hostname()] = true
 		u.endpoints[i].base, u.endpoints[i].reg = b, reg
-	}
-	for i := range u.endpoints {
-		u.endpoints[i].guard = &redirectGuard{origin: u.endpoints[i].base, ownHosts: u.ownHosts,
+		u.endpoints[i].guard = &redirectGuard{origin: b, maxRedirects: opts.MaxRedirects,
 			next: transport.NewUserAgent(retrying, opts.UserAgent)}
 	}
 	opts.Metrics.up.WithLabelValues(opts.Name).Set(1)
@@ -187,9 +187,12 @@ func baseTransport(opts Options) (*http.Transport, error) {
 	}
 	// A satellite link's round trip can be seconds: connecting gets 10 s.
 	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	if !proxyConfigured() {
+		dialer.ControlContext = refuseNonPublic
+	}
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           guardDial(dialer.DialContext),
+		DialContext:           dialer.DialContext,
 		TLSClientConfig:       tlsConf,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: opts.RequestTimeout,
@@ -291,7 +294,7 @@ func (u *Upstream) do(ctx context.Context, op, method, repo, path string, query 
 	case u.requests <- struct{}{}:
 		defer func() { <-u.requests }()
 	case <-ctx.Done():
-		return nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Err: fmt.Errorf("waiting for a free request slot: %w", context.Cause(ctx))})
+		return nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Err: fmt.Errorf("%w: %w", errNoSlot, context.Cause(ctx))})
 	}
 	start := time.Now()
 	resp, answered, err := u.tryEndpoints(ctx, op, method, repo, path, query, header)
@@ -312,19 +315,23 @@ func (u *Upstream) tryEndpoints(ctx context.Context, op, method, repo, path stri
 	var buf [4]int
 	var absent, failure *Error
 	answered := false
-	for k, i := range u.order(buf[:0]) {
-		resp, err := u.send(ctx, i, method, repo, path, query, header)
+	order := u.order(buf[:0])
+	for k, i := range order {
+		attempt, slow := urlShare(ctx, len(order)-k)
+		resp, err := u.send(attempt, i, method, repo, path, query, header)
+		if slow != nil && !slow() && err == nil { // its share ran out just as it answered
+			resp.Body.Close()
+			resp, err = nil, errURLSlow
+		}
+		if err != nil && errors.Is(context.Cause(attempt), errURLSlow) && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", errURLSlow, err)
+		}
 		var e *Error
 		switch {
+		case err != nil && ctx.Err() != nil: // the caller left, or the whole budget is spent
+			return nil, answered, &Error{Upstream: u.opts.Name, Op: op, Err: err}
 		case err != nil:
-			e = &Error{Upstream: u.opts.Name, Op: op, Err: err, Refused: errors.Is(err, errRedirect)}
-			var te *transport.Error // the ping or the token exchange answered
-			if errors.As(err, &te) {
-				e.Status = te.StatusCode
-			}
-			if e.Refused || ctx.Err() != nil {
-				return nil, answered, e
-			}
+			e = classify(u.opts.Name, op, err)
 		case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests ||
 			resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 			e = responseError(u.opts.Name, op, resp)
@@ -342,8 +349,14 @@ func (u *Upstream) tryEndpoints(ctx context.Context, op, method, repo, path stri
 			if absent == nil || (e.NotFound() && !absent.NotFound()) {
 				absent = e
 			}
-		case e.Status == 0 || (e.Status >= 500 && e.Status != http.StatusNotImplemented):
-			u.endpointFailed(i)
+		case e.BadContent(): // a refused redirect, or an answer Outpost cannot use
+			answered = true
+			failure = e
+		case e.Status == 0:
+			u.endpointFailed(i, true)
+			failure = e
+		case e.Status >= 500 && e.Status != http.StatusNotImplemented:
+			u.endpointFailed(i, false)
 			failure = e
 		default: // 429, 501: an answer, but not a usable one
 			answered = true
@@ -354,11 +367,86 @@ func (u *Upstream) tryEndpoints(ctx context.Context, op, method, repo, path stri
 	case absent != nil && failure != nil:
 		// Not found on some URLs, and others could not say: not definite.
 		return nil, answered, &Error{Upstream: u.opts.Name, Op: op, Status: failure.Status,
+			Refused: failure.Refused, Invalid: failure.Invalid,
 			Err: fmt.Errorf("not found on every URL that answered (%v), and %w", absent.Err, failure)}
 	case absent != nil:
 		return nil, answered, absent
 	}
 	return nil, answered, failure
+}
+
+// errURLSlow is why one URL's attempt was cut to leave time for the others.
+var errURLSlow = errors.New("no answer within this URL's share of the request budget")
+
+// errNoSlot is why a request never went out: every request slot was taken.
+var errNoSlot = errors.New("waiting for a free request slot")
+
+type headerDeadlineKey struct{}
+
+// urlShare gives one URL its share of what is left of the request's budget
+// when others remain to be tried, so that a URL that accepts connections
+// but never answers does not use it all. stop, if not nil, ends the share
+// once the answer came; it reports false if the share ran out first.
+func urlShare(ctx context.Context, left int) (context.Context, func() bool) {
+	if left < 2 {
+		return ctx, nil
+	}
+	deadline, ok := ctx.Deadline()
+	if d, has := ctx.Value(headerDeadlineKey{}).(time.Time); has && (!ok || d.Before(deadline)) {
+		deadline, ok = d, true
+	}
+	if !ok {
+		return ctx, nil
+	}
+	attempt, cancel := context.WithCancelCause(ctx)
+	t := time.AfterFunc(time.Until(deadline)/time.Duration(left), func() { cancel(errURLSlow) })
+	return attempt, t.Stop
+}
+
+// classify turns a request error into an *Error: a refused redirect, an
+// answer of the ping or the token exchange, a connection-level failure
+// (Status 0: refused, reset, no answer in time), or an answer Outpost
+// cannot use (Invalid: a certificate it does not trust, a token response
+// that is not one).
+func classify(upstream, op string, err error) *Error {
+	e := &Error{Upstream: upstream, Op: op, Err: err, Refused: errors.Is(err, errRedirect)}
+	var te *transport.Error
+	switch {
+	case e.Refused:
+	case errors.As(err, &te):
+		switch s := te.StatusCode; {
+		case s == http.StatusUnauthorized || s == http.StatusForbidden || s == http.StatusTooManyRequests || s >= 500:
+			e.Status = s
+		default: // a 404 at /v2/ or at the token realm is a misrouted front, not "no such thing"
+			e.Invalid = true
+		}
+	case !connectionLevel(err):
+		e.Invalid = true
+	}
+	return e
+}
+
+// connectionLevel reports whether err is the network failing: no
+// connection, a reset, a timeout, a connection closed mid-answer.
+func connectionLevel(err error) bool {
+	if errors.Is(err, errURLSlow) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	var op *net.OpError
+	var dns *net.DNSError
+	if errors.As(err, &op) || errors.As(err, &dns) {
+		return true
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if ne, ok := e.(net.Error); ok && ne.Timeout() { // the transport's own timeouts (TLS handshake, headers)
+			if _, isURL := e.(*url.Error); !isURL {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (u *Upstream) send(ctx context.Context, i int, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
@@ -410,9 +498,14 @@ func (u *Upstream) failed(err error) error {
 }
 
 // responseError turns a non-success response into an *Error, keeping a
-// bounded excerpt of the registry's error body.
+// bounded excerpt of the registry's error body; not of a redirect target's,
+// which may echo its presigned query.
 func responseError(upstream, op string, resp *http.Response) *Error {
 	defer resp.Body.Close()
+	if resp.Request != nil && resp.Request.Response != nil {
+		return &Error{Upstream: upstream, Op: op, Status: resp.StatusCode,
+			Err: fmt.Errorf("status %d from the redirect target %s", resp.StatusCode, redactURL(resp.Request.URL))}
+	}
 	err := transport.CheckError(resp, http.StatusOK, http.StatusPartialContent)
 	if err == nil {
 		err = fmt.Errorf("unexpected status %d", resp.StatusCode)

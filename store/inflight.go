@@ -117,7 +117,15 @@ func (s *Store) Join(d v1.Hash) *Pending {
 	if in == nil {
 		return nil
 	}
-	in.attach()
+	in.mu.Lock()
+	failed := in.err != nil
+	if !failed {
+		in.interest++
+	}
+	in.mu.Unlock()
+	if failed { // on its way out of the registry
+		return nil
+	}
 	return &Pending{in: in}
 }
 
@@ -163,7 +171,11 @@ func (p *Pending) Open(ctx context.Context) (*os.File, int64, error) {
 // Follow returns a reader of the content from its first byte, following
 // the write as it grows. It has its own file descriptor (so it can be sent
 // with sendfile) and its own interest in the write, until Close.
-func (p *Pending) Follow() (*Follower, error) {
+func (p *Pending) Follow() (*Follower, error) { return p.FollowFrom(0) }
+
+// FollowFrom is Follow starting at byte off (a client resuming with
+// Range: bytes=off-): it still gets the last byte only once verified.
+func (p *Pending) FollowFrom(off int64) (*Follower, error) {
 	in := p.in
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -174,8 +186,14 @@ func (p *Pending) Follow() (*Follower, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	if off > 0 {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
 	in.interest++
-	return &Follower{in: in, f: f}, nil
+	return &Follower{in: in, f: f, off: off, start: off}, nil
 }
 
 // Follower reads a write in progress. Read returns the write's error if it
@@ -184,6 +202,7 @@ type Follower struct {
 	in     *inflight
 	f      *os.File
 	off    int64
+	start  int64
 	closed bool
 }
 
@@ -263,7 +282,7 @@ func (r *Follower) WriteTo(w io.Writer) (int64, error) {
 }
 
 // Sent is how many bytes the follower has delivered.
-func (r *Follower) Sent() int64 { return r.off }
+func (r *Follower) Sent() int64 { return r.off - r.start }
 
 // Close releases the file and the follower's interest in the write.
 func (r *Follower) Close() error {

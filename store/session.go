@@ -385,9 +385,9 @@ func (w *BlobWriter) Discard(err error) {
 func (w *BlobWriter) fail(err error) {
 	w.finished, w.finishErr = true, err
 	w.promise()
-	os.Remove(w.path)
-	w.in.fail(err)
+	w.in.fail(err) // before the file goes: a follower joining now gets err, not ENOENT
 	w.ss.unregister(w.want.String(), w.in)
+	os.Remove(w.path)
 }
 
 func (w *BlobWriter) verify() error {

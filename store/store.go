@@ -501,6 +501,20 @@ func (s *Store) HasRepository(repo string) bool {
 	return found
 }
 
+// HasManifest reports whether d is stored as a manifest (not only as a
+// blob with the same bytes).
+func (s *Store) HasManifest(d v1.Hash) bool {
+	if _, ok := s.manifests.get(d); ok {
+		return true
+	}
+	found := false
+	s.view(func(txn *badger.Txn) error {
+		found = exists(txn, manifestKey(d.String()))
+		return nil
+	})
+	return found && s.HasBlob(d)
+}
+
 // HasBlob reports whether content d is stored.
 func (s *Store) HasBlob(d v1.Hash) bool {
 	_, err := os.Stat(s.blobPath(d))
