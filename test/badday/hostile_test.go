@@ -99,7 +99,7 @@ func TestBlobScopingAgainstDistribution(t *testing.T) {
 }
 
 // A two-URL upstream whose first URL fails (503) is served by the second,
-// and the first is used again once it recovers.
+// and the first is used again once it recovers and its cool-down is over.
 func TestFailoverAndFailback(t *testing.T) {
 	first, second := startRegistry(t), startRegistry(t)
 	for _, r := range []*registry{first, second} {
@@ -120,12 +120,12 @@ func TestFailoverAndFailback(t *testing.T) {
 	})
 	o := testenv.StartOutpost(t, filepath.Join(t.TempDir(), "outpost"), testenv.OutpostConfig{
 		Upstreams: []testenv.Upstream{{Name: "docker.io", URLs: []string{first.srv.URL, second.srv.URL}, Default: true,
-			TagTTL: "0s", Extra: "probeInterval: 200ms\nfailback: 1h"}}})
+			TagTTL: "0s", Extra: "probeInterval: 200ms\nfailback: 1s"}}})
 	if err := pull(o.URL(""), "acme/app", "1"); err != nil {
 		t.Fatalf("pull while the first URL fails: %v", err)
 	}
 	failing.Store(false)
-	time.Sleep(time.Second) // the probe sees the first URL back
+	time.Sleep(1500 * time.Millisecond) // the cool-down of a URL that answered 503
 	hits.Store(0)
 	for i := 0; i < 3; i++ {
 		if resp, _, err := testenv.Fetch("GET", o.URL("/v2/acme/app/manifests/1"), map[string]string{"Accept": testenv.ManifestAccept}); err != nil || resp.StatusCode != 200 {
