@@ -206,12 +206,28 @@ type Follower struct {
 	closed bool
 }
 
+// followerIdle is how long a follower waits for the write to advance
+// before giving up: the download itself has an idle timeout and resumes,
+// so a write that stays still this long is not coming back, and a client
+// that left must not hold its file and its interest for ever.
+const followerIdle = 10 * time.Minute
+
+// errStalled is what a follower returns when the write stood still too long.
+var errStalled = errors.New("the write has not advanced for too long")
+
 // available waits until bytes beyond off may be read, and returns up to
 // where; at the end it returns off with io.EOF.
 func (r *Follower) available() (int64, error) {
 	in := r.in
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	var timer *time.Timer
+	stalled := false
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		if in.err != nil {
 			return 0, in.err
@@ -229,6 +245,17 @@ func (r *Follower) available() (int64, error) {
 		}
 		if in.verified && r.off >= in.written {
 			return r.off, io.EOF
+		}
+		if stalled {
+			return 0, errStalled
+		}
+		if timer == nil {
+			timer = time.AfterFunc(followerIdle, func() {
+				in.mu.Lock()
+				stalled = true
+				in.cond.Broadcast()
+				in.mu.Unlock()
+			})
 		}
 		in.cond.Wait()
 	}

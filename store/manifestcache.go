@@ -25,6 +25,7 @@ type manifestCache struct {
 	hand    int
 	bytes   int64
 	limit   int64
+	gen     atomic.Uint64 // moves on with every removal
 }
 
 type cachedManifest struct {
@@ -46,13 +47,18 @@ func (c *manifestCache) get(d v1.Hash) (Manifest, bool) {
 	return e.m, true
 }
 
-func (c *manifestCache) put(m Manifest) {
+// put keeps m, read when the removal generation was gen, unless a removal
+// happened since (it could be m's).
+func (c *manifestCache) put(m Manifest, gen uint64) {
 	size := int64(len(m.Bytes))
 	if size > maxCachedManifest || c.limit <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.gen.Load() != gen {
+		return
+	}
 	if _, loaded := c.entries.LoadOrStore(m.Digest, &cachedManifest{m: m}); loaded {
 		return
 	}
@@ -87,6 +93,7 @@ func (c *manifestCache) removeAt(i int) {
 func (c *manifestCache) forget(d v1.Hash) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen.Add(1)
 	for i, x := range c.order {
 		if x == d {
 			c.removeAt(i)

@@ -60,6 +60,12 @@ func (s *Store) Remove(digests []v1.Hash) error {
 	}
 	s.stats.count.Add(-removed)
 	s.stats.bytes.Add(-removedBytes)
+	s.access.mu.Lock()
+	for _, d := range digests {
+		delete(s.access.pending, d.String()) // no access time for content that is gone
+		s.access.noted.Delete(d)
+	}
+	s.access.mu.Unlock()
 	for _, d := range digests {
 		s.manifests.forget(d)
 		if err := os.Remove(s.blobPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -1,18 +1,12 @@
 package store
 
 import (
-	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -54,10 +48,10 @@ type Session struct {
 
 	mu      sync.Mutex
 	done    bool
-	files   map[string]string    // digest → verified part file to publish
-	writes  map[string]*inflight // digest → this session's registered writes
-	meta    map[string]any       // badger key → value (JSON) to set
-	empties map[string]bool      // badger keys to set with an empty value
+	files   map[string]string      // digest → verified part file to publish
+	writers map[string]*BlobWriter // digest → this session's blob writers
+	meta    map[string]any         // badger key → value (JSON) to set
+	empties map[string]bool        // badger keys to set with an empty value
 }
 
 type sessionInfo struct {
@@ -79,17 +73,37 @@ func (s *Store) Begin(kind Kind, origin string) (*Session, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("store: begin: %w", err)
 	}
+	s.openSession(id)
 	return s.session(id, dir, kind, origin), nil
 }
 
 func (s *Store) session(id, dir string, kind Kind, origin string) *Session {
 	return &Session{s: s, id: id, dir: dir, kind: kind, origin: origin, files: map[string]string{},
-		writes: map[string]*inflight{}, meta: map[string]any{}, empties: map[string]bool{}}
+		writers: map[string]*BlobWriter{}, meta: map[string]any{}, empties: map[string]bool{}}
+}
+
+// openSession notes that session id is in use in this process; it reports
+// false if it already was.
+func (s *Store) openSession(id string) bool {
+	s.sessionsMu.Lock()
+	defer s.sessionsMu.Unlock()
+	if s.sessions[id] {
+		return false
+	}
+	s.sessions[id] = true
+	return true
+}
+
+func (s *Store) closeSession(id string) {
+	s.sessionsMu.Lock()
+	delete(s.sessions, id)
+	s.sessionsMu.Unlock()
 }
 
 // Resume reopens an interrupted session of kind sync, import or upload by
 // its id. Its part files are continued where they stopped (see Blob);
 // metadata staged before the interruption is gone and must be staged again.
+// A session can be open only once at a time.
 func (s *Store) Resume(id string) (*Session, error) {
 	if _, err := uuid.Parse(id); err != nil {
 		return nil, fmt.Errorf("store: resume %q: not a session id", id)
@@ -106,319 +120,36 @@ func (s *Store) Resume(id string) (*Session, error) {
 	if info.Kind == KindFill {
 		return nil, fmt.Errorf("store: resume %s: fill sessions are not resumable", id)
 	}
+	if !s.openSession(id) {
+		return nil, fmt.Errorf("store: resume %s: the session is open already", id)
+	}
 	return s.session(id, dir, info.Kind, info.Origin), nil
 }
 
 // ID is the session's UUID (an upload's UUID, later).
 func (ss *Session) ID() string { return ss.id }
 
-// BlobWriter writes one blob into a session. It hashes what it writes; Close
-// checks digest and size and fsyncs, and only then does the blob count.
-// Followers (see Pending) read what it has written as it goes.
-type BlobWriter struct {
-	ss        *Session
-	in        *inflight
-	f         *os.File
-	path      string
-	h         *asyncHash
-	want      v1.Hash
-	size      int64
-	n         int64
-	checked   int64 // n at the last free-space check
-	promised  int64 // bytes counted in the store's promised space
-	finished  bool
-	finishErr error
-}
-
-// Blob starts writing content d of the given size (-1 if not yet known)
-// into the session. If another session is writing d, it returns a handle
-// on that write to follow instead (w is nil; Release the handle). If d is
-// stored, it returns ErrExists. In a resumed session, a part file left by
-// the interruption is continued: Written says from where.
-func (ss *Session) Blob(d v1.Hash, size int64) (w *BlobWriter, other *Pending, err error) {
-	h, err := hasher(d)
-	if err != nil {
-		return nil, nil, err
-	}
-	s := ss.s
-	s.writingMu.Lock()
-	defer s.writingMu.Unlock()
-	if in := s.writing[d.String()]; in != nil {
-		if in.owner == ss {
-			return nil, nil, fmt.Errorf("store: %s is already being written in this session", d)
-		}
-		in.attach()
-		return nil, &Pending{in: in}, nil
-	}
-	if s.HasBlob(d) {
-		return nil, nil, ErrExists
-	}
-	if err := s.admit(max(size, 0)); err != nil {
-		return nil, nil, err
-	}
-	path := filepath.Join(ss.dir, d.Algorithm+"-"+d.Hex+".part")
-	f, n, err := openPart(path, h, size)
-	if err != nil {
-		return nil, nil, fmt.Errorf("store: %w", err)
-	}
-	in := newInflight(d, ss, path, size)
-	in.written = n
-	s.writing[d.String()] = in
-	ss.mu.Lock()
-	ss.writes[d.String()] = in
-	ss.mu.Unlock()
-	// openPart fed the bytes of a resumed part to h: hashing continues.
-	w = &BlobWriter{ss: ss, in: in, f: f, path: path, h: newAsyncHash(h), want: d, size: size, n: n, checked: n}
-	w.promise()
-	return w, nil, nil
-}
-
-// openPart opens a part file for writing at its end, feeding what it
-// already holds (a resumed write) to h. A part longer than size starts over.
-func openPart(path string, h hash.Hash, size int64) (*os.File, int64, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o640)
-	if err != nil {
-		return nil, 0, err
-	}
-	n, err := io.Copy(h, f)
-	if err == nil && size >= 0 && n > size {
-		h.Reset()
-		n, err = 0, f.Truncate(0)
-		if err == nil {
-			_, err = f.Seek(0, io.SeekStart)
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, n, nil
-}
-
-func hasher(d v1.Hash) (hash.Hash, error) {
-	switch d.Algorithm {
-	case "sha256":
-		return sha256.New(), nil
-	case "sha512":
-		return sha512.New(), nil
-	}
-	return nil, fmt.Errorf("store: unsupported digest algorithm %q", d.Algorithm)
-}
-
-// promise counts what is left to write against the free space, so that
-// writes starting meanwhile leave room for it.
-func (w *BlobWriter) promise() {
-	left := int64(0)
-	if w.size > w.n && !w.finished {
-		left = w.size - w.n
-	}
-	w.ss.s.space.promised.Add(left - w.promised)
-	w.promised = left
-}
-
-// SetSize announces the total size once the writer learns it (from
-// upstream's response), for followers and for the free-space check.
-func (w *BlobWriter) SetSize(size int64) error {
-	if w.size >= 0 && size != w.size {
-		return fmt.Errorf("%w: %s is %d bytes, not %d", ErrSizeMismatch, w.want, w.size, size)
-	}
-	if size >= 0 && w.n > size {
-		return fmt.Errorf("%w: %s: %d bytes written, more than %d", ErrSizeMismatch, w.want, w.n, size)
-	}
-	if size >= 0 && w.size < 0 {
-		if err := w.ss.s.admit(size - w.n); err != nil {
-			return err
-		}
-	}
-	w.size = size
-	w.promise()
-	w.in.mu.Lock()
-	w.in.size, w.in.sized = size, true
-	w.in.cond.Broadcast()
-	w.in.mu.Unlock()
-	return nil
-}
-
-// Written is how many bytes have been written so far (for a resumed part,
-// including those written before the interruption).
-func (w *BlobWriter) Written() int64 { return w.n }
-
-// Interest reports how many parties follow or wait for this write, and
-// since when nobody has, if nobody does.
-func (w *BlobWriter) Interest() (n int, idleSince time.Time) {
-	w.in.mu.Lock()
-	defer w.in.mu.Unlock()
-	return w.in.interest, w.in.idle
-}
-
-// Progress reports how much has been written of how much (-1: unknown).
-// Unlike Written, it may be called from any goroutine.
-func (w *BlobWriter) Progress() (written, size int64) {
-	w.in.mu.Lock()
-	defer w.in.mu.Unlock()
-	return w.in.written, w.in.size
-}
-
-// Pending returns a handle on this write, for the writer's own clients.
-func (w *BlobWriter) Pending() *Pending {
-	w.in.attach()
-	return &Pending{in: w.in}
-}
-
-func (w *BlobWriter) Write(p []byte) (int, error) {
-	if err := w.write(p); err != nil {
-		return 0, err
-	}
-	w.h.Write(p)
-	w.advance(len(p))
-	return len(p), nil
-}
-
-// ReadFrom copies r into the blob, handing each buffer to the hasher
-// instead of copying it again.
-func (w *BlobWriter) ReadFrom(r io.Reader) (int64, error) {
-	var total int64
-	for {
-		buf := getBuffer()
-		n, rerr := r.Read(*buf) // what has arrived goes to followers at once
-		if n > 0 {
-			if err := w.write((*buf)[:n]); err != nil {
-				putBuffer(buf)
-				return total, err
-			}
-			*buf = (*buf)[:n]
-			w.h.give(buf)
-			w.advance(n)
-			total += int64(n)
-		} else {
-			putBuffer(buf)
-		}
-		if rerr == io.EOF {
-			return total, nil
-		}
-		if rerr != nil {
-			return total, rerr
-		}
-	}
-}
-
-// write puts p in the part file, checking the size and, every few MiB,
-// the free space.
-func (w *BlobWriter) write(p []byte) error {
-	if w.finished {
-		return ErrSessionDone
-	}
-	if w.size >= 0 && w.n+int64(len(p)) > w.size {
-		return fmt.Errorf("%w: %s is longer than %d bytes", ErrSizeMismatch, w.want, w.size)
-	}
-	if w.n-w.checked >= spaceCheckEvery {
-		w.checked = w.n
-		s := w.ss.s
-		if free := s.measure(); free < s.space.reserve {
-			return fmt.Errorf("%w: %d bytes free in %s, keeping %d for metadata", ErrNoSpace, free, s.root, s.space.reserve)
-		}
-	}
-	if _, err := w.f.Write(p); err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	return nil
-}
-
-// advance publishes n more written bytes to followers.
-func (w *BlobWriter) advance(n int) {
-	w.n += int64(n)
-	if w.promised > 0 {
-		k := min(int64(n), w.promised)
-		w.promised -= k
-		w.ss.s.space.promised.Add(-k)
-	}
-	w.in.mu.Lock()
-	w.in.written = w.n
-	w.in.cond.Broadcast()
-	w.in.mu.Unlock()
-}
-
-// Close verifies the blob, releases the last byte to followers, fsyncs it
-// and hands it to the session for Commit. On any error the part file is
-// removed, followers fail, and nothing is staged.
-func (w *BlobWriter) Close() error {
-	if w.finished {
-		return w.finishErr
-	}
-	err := w.verify()
-	if err == nil {
-		w.in.mu.Lock()
-		w.in.verified = true // followers get their last byte now, not after the fsync
-		w.in.cond.Broadcast()
-		w.in.mu.Unlock()
-		err = w.f.Sync()
-	}
-	err = errors.Join(err, w.f.Close())
-	if err != nil {
-		w.fail(err)
-		return err
-	}
-	w.finished = true
-	w.promise()
-	w.in.mu.Lock()
-	w.in.done = true
-	w.in.cond.Broadcast()
-	w.in.mu.Unlock()
-	w.ss.stage(w.want, w.path, prefixBlob+w.want.String(), blobMeta{Size: w.n})
-	return nil
-}
-
-// Discard drops a blob that cannot or need not be finished; followers get
-// err (ErrAborted if nil).
-func (w *BlobWriter) Discard(err error) {
-	if w.finished {
-		return
-	}
-	if err == nil {
-		err = ErrAborted
-	}
-	w.h.Sum() // stops the hashing goroutine
-	w.f.Close()
-	w.fail(err)
-}
-
-func (w *BlobWriter) fail(err error) {
-	w.finished, w.finishErr = true, err
-	w.promise()
-	w.in.fail(err) // before the file goes: a follower joining now gets err, not ENOENT
-	w.ss.unregister(w.want.String(), w.in)
-	os.Remove(w.path)
-}
-
-func (w *BlobWriter) verify() error {
-	if w.size >= 0 && w.n != w.size {
-		w.h.Sum()
-		return fmt.Errorf("%w: %s: got %d bytes, want %d", ErrSizeMismatch, w.want, w.n, w.size)
-	}
-	got := fmt.Sprintf("%x", w.h.Sum())
-	if got != w.want.Hex {
-		return fmt.Errorf("%w: want %s, content hashes to %s:%s", ErrDigestMismatch, w.want, w.want.Algorithm, got)
-	}
-	return nil
-}
-
-func (ss *Session) stage(d v1.Hash, path, key string, meta any) {
+// stage hands a verified part to the session for Commit; a session that has
+// ended takes nothing.
+func (ss *Session) stage(d v1.Hash, path string, meta blobMeta) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	if ss.done {
+		return ErrSessionDone
+	}
 	ss.files[d.String()] = path
-	ss.meta[key] = meta
+	ss.meta[prefixBlob+d.String()] = meta
+	return nil
 }
 
-// unregister removes a write of this session from the store's registry.
-func (ss *Session) unregister(digest string, in *inflight) {
-	ss.s.writingMu.Lock()
-	if ss.s.writing[digest] == in {
-		delete(ss.s.writing, digest)
+// unregister removes a write from the store's registry, if it is still the
+// one registered for its digest.
+func (s *Store) unregister(digest string, in *inflight) {
+	s.writingMu.Lock()
+	if s.writing[digest] == in {
+		delete(s.writing, digest)
 	}
-	ss.s.writingMu.Unlock()
-	ss.mu.Lock()
-	delete(ss.writes, digest)
-	ss.mu.Unlock()
+	s.writingMu.Unlock()
 }
 
 // Link records that repo references content d (a blob or manifest).
@@ -457,6 +188,10 @@ func (ss *Session) Manifest(repo string, b []byte, mediaType string) (v1.Hash, e
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	if ss.done {
+		os.Remove(path)
+		return v1.Hash{}, ErrSessionDone
+	}
 	ss.files[d.String()] = path
 	ss.meta[string(manifestKey(d.String()))] = meta.manifestMeta
 	if subject != nil {
@@ -494,37 +229,61 @@ func (ss *Session) Tag(repo, tag string, d v1.Hash) {
 // Commit publishes everything staged: files are renamed into blobs/ and their
 // directories fsynced, then all metadata is written in one transaction. The
 // digests' locks are held throughout, so a removal of the same content
-// cannot interleave (see Remove).
+// cannot interleave (see Remove). If the transaction fails, the files this
+// commit put in place are taken back, so that none is left without a key.
 func (ss *Session) Commit() error {
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
 	if ss.done {
+		ss.mu.Unlock()
 		return ErrSessionDone
 	}
+	// Once done, nothing more is staged: the commit works on a snapshot,
+	// without holding mu while writers still running are ended.
 	ss.done = true
+	files, writers := ss.files, ss.writers
+	ss.mu.Unlock()
+	defer ss.s.closeSession(ss.id)
 	defer os.RemoveAll(ss.dir)
-	defer ss.releaseWrites(nil)
+	for _, w := range writers {
+		w.abandon(ErrAborted, false) // unfinished at commit: not published
+	}
+	defer ss.releaseWrites(writers)
+
 	if err := ss.s.metaWritable(); err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}
-
-	digests := make([]string, 0, len(ss.files))
-	for digest := range ss.files {
+	if err := ss.checkTags(); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	digests := make([]string, 0, len(files))
+	for digest := range files {
 		digests = append(digests, digest)
 	}
 	unlock := ss.s.locks.lock(digests)
 	defer unlock()
+	existing := ss.s.stored(digests)
+	var published []string
+	takeBack := func() {
+		for _, digest := range published {
+			if !existing[digest] {
+				d, _ := v1.NewHash(digest)
+				os.Remove(ss.s.blobPath(d))
+			}
+		}
+	}
 	dirs := map[string]bool{}
-	for digest, part := range ss.files {
+	for digest, part := range files {
 		d, _ := v1.NewHash(digest)
 		dst := ss.s.blobPath(d)
 		created, err := makeDirs(filepath.Dir(dst))
+		if err == nil {
+			err = ss.publish(writers[digest], part, dst)
+		}
 		if err != nil {
+			takeBack()
 			return fmt.Errorf("store: commit: %w", err)
 		}
-		if err := ss.publish(digest, part, dst); err != nil {
-			return fmt.Errorf("store: commit: %w", err)
-		}
+		published = append(published, digest)
 		dirs[filepath.Dir(dst)] = true
 		for _, dir := range created { // a new directory's entry lives in its parent
 			dirs[filepath.Dir(dir)] = true
@@ -532,6 +291,7 @@ func (ss *Session) Commit() error {
 	}
 	for dir := range dirs {
 		if err := syncDirectory(dir); err != nil {
+			takeBack()
 			return fmt.Errorf("store: commit: %w", err)
 		}
 	}
@@ -542,6 +302,7 @@ func (ss *Session) Commit() error {
 		}
 	}
 	if err != nil {
+		takeBack()
 		return fmt.Errorf("store: commit: %w", err)
 	}
 	ss.s.stats.count.Add(added)
@@ -549,35 +310,60 @@ func (ss *Session) Commit() error {
 	return nil
 }
 
-// publish renames a part into place; followers of that write reopen the
-// new path from then on.
-func (ss *Session) publish(digest, part, dst string) error {
-	in := ss.writes[digest]
-	if in != nil {
-		in.mu.Lock()
-		defer in.mu.Unlock()
+// checkTags refuses a commit whose tags point at a manifest that is neither
+// staged nor stored (invariant 3), before anything is published.
+func (ss *Session) checkTags() error {
+	return ss.s.view(func(txn *badger.Txn) error {
+		for key, v := range ss.meta {
+			tm, ok := v.(tagMeta)
+			if !ok {
+				continue
+			}
+			if _, staged := ss.meta[prefixManifest+tm.Digest]; !staged && !exists(txn, manifestKey(tm.Digest)) {
+				return fmt.Errorf("tag %s: manifest %s: %w", key, tm.Digest, ErrNotFound)
+			}
+		}
+		return nil
+	})
+}
+
+// stored reports which of digests already have their content key.
+func (s *Store) stored(digests []string) map[string]bool {
+	have := map[string]bool{}
+	s.view(func(txn *badger.Txn) error {
+		for _, d := range digests {
+			if exists(txn, blobKey(d)) || exists(txn, manifestKey(d)) {
+				have[d] = true
+			}
+		}
+		return nil
+	})
+	return have
+}
+
+// publish renames a part into place; followers of its write (w, nil for a
+// manifest) reopen the new path from then on.
+func (ss *Session) publish(w *BlobWriter, part, dst string) error {
+	if w != nil {
+		w.in.mu.Lock()
+		defer w.in.mu.Unlock()
 	}
 	if err := os.Rename(part, dst); err != nil {
 		return err
 	}
-	if in != nil {
-		in.path = dst
+	if w != nil {
+		w.in.path = dst
 	}
 	return nil
 }
 
-// releaseWrites takes this session's writes out of the registry, failing
-// any that did not finish.
-func (ss *Session) releaseWrites(err error) {
-	for digest, in := range ss.writes {
-		in.fail(errors.Join(err, ErrAborted))
-		ss.s.writingMu.Lock()
-		if ss.s.writing[digest] == in {
-			delete(ss.s.writing, digest)
-		}
-		ss.s.writingMu.Unlock()
+// releaseWrites takes a session's writes out of the registry, failing any
+// that did not finish. It runs before the digests are unlocked.
+func (ss *Session) releaseWrites(writers map[string]*BlobWriter) {
+	for digest, w := range writers {
+		w.in.fail(ErrAborted) // a no-op for a write that finished
+		ss.s.unregister(digest, w.in)
 	}
-	clear(ss.writes)
 }
 
 // commitRetries bounds retries of a metadata transaction that lost a
@@ -665,15 +451,21 @@ func (ss *Session) Close() { ss.end(false) }
 
 func (ss *Session) end(remove bool) {
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
 	if ss.done {
+		ss.mu.Unlock()
 		return
 	}
 	ss.done = true
-	ss.releaseWrites(nil)
+	writers := ss.writers
+	ss.mu.Unlock()
+	for _, w := range writers {
+		w.abandon(ErrAborted, !remove)
+	}
+	ss.releaseWrites(writers)
 	if remove {
 		os.RemoveAll(ss.dir)
 	}
+	ss.s.closeSession(ss.id)
 }
 
 func syncDirectory(dir string) error {
@@ -683,48 +475,4 @@ func syncDirectory(dir string) error {
 	}
 	defer f.Close()
 	return f.Sync()
-}
-
-// digestLocks order publication against removal per digest. Digests map
-// onto a fixed set of mutexes; several are taken in index order.
-type digestLocks [256]sync.Mutex
-
-// stripe maps a digest to a lock by the first byte of its hex part.
-func stripe(digest string) int {
-	_, hex, _ := strings.Cut(digest, ":")
-	if len(hex) < 2 {
-		return 0
-	}
-	return int(unhex(hex[0])<<4 | unhex(hex[1]))
-}
-
-func unhex(c byte) byte {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0'
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10
-	}
-	return 0
-}
-
-// lock takes the locks of digests and returns their release.
-func (l *digestLocks) lock(digests []string) func() {
-	seen := map[int]bool{}
-	var idx []int
-	for _, d := range digests {
-		if i := stripe(d); !seen[i] {
-			seen[i] = true
-			idx = append(idx, i)
-		}
-	}
-	sort.Ints(idx)
-	for _, i := range idx {
-		l[i].Lock()
-	}
-	return func() {
-		for _, i := range idx {
-			l[i].Unlock()
-		}
-	}
 }

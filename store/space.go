@@ -153,8 +153,8 @@ func (s *Store) keepBallast() {
 		if fi, err := os.Stat(path); err == nil && fi.Size() == s.space.ballast {
 			continue
 		}
-		if s.measure() < s.space.reserve+2*s.space.ballast {
-			return
+		if s.measure()-s.space.promised.Load() < s.space.reserve+2*s.space.ballast {
+			return // writes in flight were admitted for that space
 		}
 		tmp := path + ".tmp"
 		if err := allocate(tmp, s.space.ballast); err != nil {

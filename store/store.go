@@ -57,8 +57,12 @@ type Store struct {
 	writingMu sync.Mutex
 	writing   map[string]*inflight // digest → the write in progress
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	sessionsMu sync.Mutex
+	sessions   map[string]bool // ids of the sessions open in this process
+
+	stop      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 }
 
 // Open opens (creating if needed) the store under root, sweeps what a crash
@@ -81,7 +85,7 @@ func Open(root string, opts Options) (*Store, error) {
 		}
 	}
 	s := &Store{root: root, log: opts.Logger, now: opts.Now, space: newSpace(opts.Reserve),
-		writing: map[string]*inflight{}, stop: make(chan struct{})}
+		writing: map[string]*inflight{}, sessions: map[string]bool{}, stop: make(chan struct{})}
 	s.access.pending = map[string]int64{}
 	s.manifests.init(manifestCacheBytes)
 	// Interrupted sessions go first: on a full disk, that may be what
@@ -100,6 +104,10 @@ func Open(root string, opts Options) (*Store, error) {
 		s.db.Close()
 		return nil, fmt.Errorf("store: cleaning up %s: %w", root, err)
 	}
+	if err := s.repairMissing(); err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("store: repairing %s: %w", root, err)
+	}
 	if err := s.loadStats(); err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("store: %w", err)
@@ -117,11 +125,21 @@ const minFreeToOpen = 2 << 20
 
 func (s *Store) openDB() error {
 	dir := filepath.Join(s.root, "meta")
+	// A log to replay (an unclean stop) needs room for Badger to flush it,
+	// and cannot be opened read-only: make the room, at worst by giving up
+	// cached blobs (see emergency.go).
+	need := int64(minFreeToOpen)
+	if dirtyLog(dir) {
+		need = s.space.floor
+	}
 	free := s.measure()
 	if free < s.space.floor && s.releaseBallast(1) {
 		free = s.measure()
 	}
-	if free < minFreeToOpen && s.releaseBallast(2) {
+	if free < need && s.releaseBallast(2) {
+		free = s.measure()
+	}
+	if free < need && need > minFreeToOpen && s.emergencyFree(need) {
 		free = s.measure()
 	}
 	if free >= minFreeToOpen {
@@ -232,6 +250,11 @@ func (s *Store) checkSchema() error {
 // out: on a nearly full disk the last ballast goes first to make room for
 // that. Sessions must be finished.
 func (s *Store) Close() error {
+	first := false
+	s.closeOnce.Do(func() { first = true })
+	if !first {
+		return nil
+	}
 	close(s.stop)
 	s.wg.Wait()
 	err := s.flushAccess()
@@ -240,6 +263,9 @@ func (s *Store) Close() error {
 	}
 	if s.measure() < s.space.floor {
 		s.releaseBallast(2)
+	}
+	if !s.readOnly.Load() && s.measure() < minFreeToOpen {
+		s.emergencyFree(s.space.floor) // Badger's flush needs pages the disk must give
 	}
 	s.dbMu.Lock()
 	defer s.dbMu.Unlock()
@@ -338,6 +364,7 @@ func (s *Store) openManifest(d v1.Hash, wantBytes bool) (Manifest, *os.File, err
 		s.Touch(d)
 		return m, nil, nil
 	}
+	gen := s.manifests.gen.Load()
 	var meta manifestMeta
 	if err := s.get(manifestKey(d.String()), &meta); err != nil {
 		return Manifest{}, nil, err
@@ -361,7 +388,7 @@ func (s *Store) openManifest(d v1.Hash, wantBytes bool) (Manifest, *os.File, err
 	if int64(len(m.Bytes)) != meta.Size {
 		return Manifest{}, nil, fmt.Errorf("store: manifest %s: the file has %d bytes, its key says %d", d, len(m.Bytes), meta.Size)
 	}
-	s.manifests.put(m)
+	s.manifests.put(m, gen)
 	return m, nil, nil
 }
 
@@ -504,9 +531,6 @@ func (s *Store) HasRepository(repo string) bool {
 // HasManifest reports whether d is stored as a manifest (not only as a
 // blob with the same bytes).
 func (s *Store) HasManifest(d v1.Hash) bool {
-	if _, ok := s.manifests.get(d); ok {
-		return true
-	}
 	found := false
 	s.view(func(txn *badger.Txn) error {
 		found = exists(txn, manifestKey(d.String()))

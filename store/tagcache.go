@@ -36,6 +36,9 @@ func (c *tagCache) put(key string, t Tag, gen uint64) {
 		return
 	}
 	c.m.Store(key, t)
+	if c.gen.Load() != gen { // a write slipped in between the check and the store
+		c.m.CompareAndDelete(key, t)
+	}
 }
 
 // written drops a tag that a transaction just changed.

@@ -9,7 +9,7 @@ package bench
 //	OUTPOST_BENCH_PLACEHOLDER=1  put a second distribution proxy in Outpost's
 //	                             column (harness development only)
 //	OUTPOST_BENCH_DURATION=2s    duration of each hot test (after a 0.5 s warm-up)
-//	OUTPOST_BENCH_ROUNDS=2       interleaved rounds of the hot tests; the best counts
+//	OUTPOST_BENCH_ROUNDS=3       interleaved rounds of the hot tests; the best counts
 //	OUTPOST_BENCH_DOCS=0         do not write docs/benchmarks.md
 //	OUTPOST_BENCH_KEEP=DIR       work in DIR (must not exist) and keep it:
 //	                             configs, logs and data for inspection
@@ -47,7 +47,7 @@ func BenchmarkPullThroughCache(b *testing.B) {
 		}
 		hotDur = d
 	}
-	rounds := 2
+	rounds := 3
 	if s := os.Getenv("OUTPOST_BENCH_ROUNDS"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 10 {
