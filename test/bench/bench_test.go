@@ -95,7 +95,8 @@ func BenchmarkPullThroughCache(b *testing.B) {
 			outpost = startOutpost(b, "outpost", dir, upURL)
 		}
 		ngx := startNginx(b, nginxBin, dir, c.docroot)
-		servers := map[string]*testenv.Server{colOutpost: outpost, colPeer: peer, colDirect: up, colNginx: ngx}
+		tee := startTeeProxy(b, root, dir, upURL)
+		servers := map[string]*testenv.Server{colOutpost: outpost, colPeer: peer, colDirect: up, colNginx: ngx, colTee: tee}
 		fresh := map[string]func(string) *testenv.Server{
 			colOutpost: func(name string) *testenv.Server { return startOutpost(b, name, dir, upURL) },
 			colPeer:    func(name string) *testenv.Server { return startDistributionProxy(b, name, dir, upURL) },
@@ -152,6 +153,11 @@ func measure(ctx context.Context, b *testing.B, res *results, c *corpus, s map[s
 		best(cold, colDirect, mustDur(fmt.Sprintf("cold pull direct (round %d)", round), d, err))
 		d, err = pull(ctx, s[colDirect].URL(""), c.images)
 		best(warm, colDirect, mustDur(fmt.Sprintf("warm pull direct (round %d)", round), d, err))
+		// The tee proxy keeps nothing it could serve: every pull is cold.
+		cpu0 := cpuSeconds(b, s[colTee].Proc)
+		d, err = pull(ctx, s[colTee].URL(""), c.images)
+		best(coldCPU, colTee, cpuSeconds(b, s[colTee].Proc)-cpu0)
+		best(cold, colTee, mustDur(fmt.Sprintf("cold pull tee proxy (round %d)", round), d, err))
 		for _, p := range proxies {
 			srv := s[p]
 			if round > 1 {

@@ -185,3 +185,20 @@ func settledBlobGETs(tb testing.TB, up *testenv.Server, digests []string) map[st
 	}
 	return upstreamBlobGETs(tb, up, digests)
 }
+
+// startTeeProxy builds and runs test/bench/teeproxy in front of upstreamURL:
+// the floor column of the cold pull (see its package comment).
+func startTeeProxy(tb testing.TB, root, dir, upstreamURL string) *testenv.Server {
+	tb.Helper()
+	prefix := filepath.Join(dir, "teeproxy")
+	blobs := filepath.Join(prefix, "blobs")
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	bin := filepath.Join(prefix, "teeproxy")
+	testenv.MustRun(tb, 5*time.Minute, append(testenv.Env(), "CGO_ENABLED=0"), "go", "build", "-C", root, "-o", bin, "./test/bench/teeproxy")
+	addr := testenv.FreeAddr(tb)
+	p := testenv.Start(tb, "teeproxy", filepath.Join(prefix, "teeproxy.log"), testenv.Env(), bin, "-listen", addr, "-upstream", upstreamURL, "-dir", blobs)
+	p.WaitV2(tb, addr)
+	return &testenv.Server{Proc: p, Addr: addr}
+}
