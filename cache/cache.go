@@ -40,7 +40,7 @@ type Upstream interface {
 	BlobHead(ctx context.Context, repo string, d v1.Hash) (int64, error)
 	// Blob opens a blob from offset; size is the total size, -1 if unknown.
 	// The body resumes itself when it breaks; the store verifies it.
-	Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error)
+	Blob(ctx context.Context, repo string, d v1.Hash, offset, size int64) (io.ReadCloser, int64, error)
 }
 
 // tagLister is an Upstream that lists tags.

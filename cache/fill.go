@@ -256,7 +256,7 @@ func (c *Cache) runFill(sess *store.Session, w *store.BlobWriter, r route, d v1.
 // download fetches the blob into the writer and commits it after the
 // digest and size check. It runs on the cache's context, not a client's.
 func (c *Cache) download(ctx context.Context, sess *store.Session, w *store.BlobWriter, r route, d v1.Hash) error {
-	body, size, err := r.up.Blob(ctx, r.repo, d, 0)
+	body, size, err := r.up.Blob(ctx, r.repo, d, 0, -1)
 	if err != nil {
 		return err
 	}

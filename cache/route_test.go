@@ -21,7 +21,7 @@ func (namedUpstream) Manifest(context.Context, string, string) ([]byte, v1.Descr
 func (namedUpstream) Head(context.Context, string, string) (v1.Descriptor, error) {
 	panic("routing test does not fetch")
 }
-func (namedUpstream) Blob(context.Context, string, v1.Hash, int64) (io.ReadCloser, int64, error) {
+func (namedUpstream) Blob(context.Context, string, v1.Hash, int64, int64) (io.ReadCloser, int64, error) {
 	panic("routing test does not fetch")
 }
 func (namedUpstream) BlobHead(context.Context, string, v1.Hash) (int64, error) {

@@ -24,6 +24,7 @@ type Config struct {
 	Log       Log        `yaml:"log"`
 	Fills     Fills      `yaml:"fills"`
 	Upstreams []Upstream `yaml:"upstreams"`
+	Mirrors   []Mirror   `yaml:"mirrors"`
 }
 
 // HTTP configures the listener clients talk to.
@@ -146,13 +147,19 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// UnmarshalYAML reports a bad duration as a yaml TypeError worded like
-// yaml.v3's own, so that the decoder keeps going and Parse can list (and
-// reword) every mistake at once.
+// UnmarshalYAML reports a bad duration the way yaml.v3 reports its own
+// type errors (see unmarshalScalar).
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode || d.UnmarshalText([]byte(n.Value)) != nil {
+	return unmarshalScalar(n, "configs.Duration", d.UnmarshalText)
+}
+
+// unmarshalScalar decodes a scalar with parse and reports a bad value as a
+// yaml TypeError worded like yaml.v3's own, so that the decoder keeps going
+// and Parse can list (and reword) every mistake at once.
+func unmarshalScalar(n *yaml.Node, goType string, parse func([]byte) error) error {
+	if n.Kind != yaml.ScalarNode || parse([]byte(n.Value)) != nil {
 		return &yaml.TypeError{Errors: []string{fmt.Sprintf(
-			"line %d: cannot unmarshal %s `%s` into configs.Duration", n.Line, n.ShortTag(), n.Value)}}
+			"line %d: cannot unmarshal %s `%s` into %s", n.Line, n.ShortTag(), n.Value, goType)}}
 	}
 	return nil
 }
@@ -187,14 +194,9 @@ func (s *Size) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// UnmarshalYAML reports a bad size like yaml.v3's own type errors (see
-// Duration.UnmarshalYAML).
+// UnmarshalYAML reports a bad size like yaml.v3's own type errors.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode || s.UnmarshalText([]byte(n.Value)) != nil {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf(
-			"line %d: cannot unmarshal %s `%s` into configs.Size", n.Line, n.ShortTag(), n.Value)}}
-	}
-	return nil
+	return unmarshalScalar(n, "configs.Size", s.UnmarshalText)
 }
 
 // redactedUpstream has Upstream's fields but none of its methods, so

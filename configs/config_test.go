@@ -399,3 +399,87 @@ func TestGoStringNamesUpstream(t *testing.T) {
 		}
 	}
 }
+
+// The mirrors section in the issue's form parses unchanged, with defaults
+// where it is silent.
+func TestMirrorsExample(t *testing.T) {
+	c, err := Parse(src, []byte(`upstreams:
+  - name: docker.io
+    urls: [https://registry-1.docker.io]
+mirrors:
+  - name: edge-base
+    upstream: docker.io
+    repositories: [library/alpine, "org/**"]
+    tags:
+      include: ['^v?[0-9]+\.[0-9]+']   # a tag must match one of these
+      exclude: ['-rc']
+      semver: '>=1.0.0 <3.0.0'
+      latest: 5                  # newest N by semver, after the other filters
+    platforms: [linux/arm64, linux/arm/v7]
+    referrers: true
+    interval: 6h
+    window: '01:00-05:00'
+    bandwidth: 10MiB/s
+  - name: plain
+    upstream: index.docker.io
+    repositories: [alpine]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := c.Mirrors[0]
+	if m.Name != "edge-base" || m.Upstream != "docker.io" || len(m.Repositories) != 2 || m.Tags.Latest != 5 ||
+		m.Tags.Semver != ">=1.0.0 <3.0.0" || len(m.Platforms) != 2 || !m.Referrers || m.Interval.D() != 6*time.Hour ||
+		m.Jitter.D() != 36*time.Minute || m.Window.String() != "01:00-05:00" || m.Bandwidth != 10<<20 {
+		t.Errorf("parsed %+v", m)
+	}
+	if p := c.Mirrors[1]; p.Interval != DefaultMirrorInterval || !p.Window.IsZero() || p.Bandwidth != 0 {
+		t.Errorf("defaults: %+v", p)
+	}
+	at := func(h, m int) time.Time { return time.Date(2026, 12, 1, h, m, 0, 0, time.Local) }
+	w := c.Mirrors[0].Window
+	for _, tc := range []struct {
+		t    time.Time
+		in   bool
+		next time.Time
+	}{{at(0, 59), false, at(1, 0)}, {at(1, 0), true, at(1, 0)}, {at(4, 59), true, at(4, 59)}, {at(5, 0), false, at(1, 0).AddDate(0, 0, 1)}} {
+		if w.Contains(tc.t) != tc.in || !w.Next(tc.t).Equal(tc.next) {
+			t.Errorf("%s: contains %v next %s", tc.t.Format("15:04"), w.Contains(tc.t), w.Next(tc.t))
+		}
+	}
+	var wrap Window
+	if err := wrap.UnmarshalText([]byte("22:00-04:00")); err != nil || !wrap.Contains(at(23, 0)) || !wrap.Contains(at(3, 0)) || wrap.Contains(at(12, 0)) {
+		t.Errorf("a window over midnight: %v", err)
+	}
+}
+
+func TestMirrorErrors(t *testing.T) {
+	base := "upstreams:\n  - {name: docker.io, urls: [https://registry-1.docker.io]}\nmirrors:\n  - name: m\n    upstream: docker.io\n    repositories: [library/alpine]\n"
+	for _, tc := range []struct {
+		name, extra string
+		want        string
+	}{
+		{"unknown upstream", "  - {name: n, upstream: ghcr.io, repositories: [a]}\n", `line 7: mirrors[1].upstream: "ghcr.io" is not a configured upstream (have: docker.io)`},
+		{"duplicate name", "  - {name: m, upstream: docker.io, repositories: [a]}\n", `line 7: mirrors[1].name: "m" is already the name of mirrors[0]`},
+		{"bad name", "  - {name: Big, upstream: docker.io, repositories: [a]}\n", `mirrors[1].name: "Big" is not a job name`},
+		{"no repositories", "  - {name: n, upstream: docker.io}\n", `mirrors[1].repositories: needs at least one repository`},
+		{"bad repository", "  - {name: n, upstream: docker.io, repositories: [Org/App]}\n", `mirrors[1].repositories[0]: "Org/App" is not a repository name`},
+		{"bad pattern", "  - {name: n, upstream: docker.io, repositories: ['org/[x']}\n", `mirrors[1].repositories[0]: "org/[x" is not a valid pattern`},
+		{"bad regexp", "    tags: {include: ['(']}\n", `line 7: mirrors[0].tags.include[0]: "(" is not a regular expression`},
+		{"bad semver", "    tags: {semver: '>=one'}\n", `mirrors[0].tags.semver: ">=one" is not a version range`},
+		{"negative latest", "    tags: {latest: -2}\n", `mirrors[0].tags.latest: -2 must not be negative`},
+		{"bad platform", "    platforms: [arm64]\n", `line 7: mirrors[0].platforms[0]: "arm64" is not a platform like linux/arm64`},
+		{"short interval", "    interval: 5s\n", `line 7: mirrors[0].interval: 5s is too short`},
+		{"jitter too long", "    interval: 1h\n    jitter: 2h\n", `mirrors[0].jitter: 2h must be between 0 and the interval (1h)`},
+		{"bad window", "    window: 1am-5am\n", `line 7: mirrors[0].window: "1am-5am" is not a daily window like 01:00-05:00`},
+		{"bad bandwidth", "    bandwidth: fast\n", `line 7: mirrors[0].bandwidth: "fast" is not a rate like 10MiB/s`},
+		{"unknown key", "    tag: {latest: 1}\n", `line 7: unknown field "tag" in mirrors[0] (did you mean "tags"?)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(src, []byte(base+tc.extra))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v\nwant %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -172,7 +172,7 @@ var (
 var goTypes = map[string]reflect.Type{}
 
 func init() {
-	for _, v := range []any{Config{}, HTTP{}, Admin{}, Storage{}, Log{}, Fills{}, Upstream{}} {
+	for _, v := range []any{Config{}, HTTP{}, Admin{}, Storage{}, Log{}, Fills{}, Upstream{}, Mirror{}, TagFilter{}} {
 		t := reflect.TypeOf(v)
 		goTypes[t.String()] = t
 	}
@@ -249,6 +249,12 @@ func describe(goType string) string {
 		return "a duration like 5m, 30s or 1h30m"
 	case "configs.Size":
 		return "a size like 64MiB, 16GiB or 500MB"
+	case "configs.Rate":
+		return "a rate like 10MiB/s"
+	case "configs.Window":
+		return "a daily window like 01:00-05:00"
+	case "[]configs.Mirror":
+		return `a list of mirrors (entries starting with "- name:")`
 	case "int":
 		return "a whole number"
 	case "configs.Config":
@@ -344,6 +350,15 @@ func (c *Config) applyDefaults(set map[string]bool) {
 	def(&c.Log.Format, "log.format", DefaultLogFormat)
 	if !set["fills.maxBlobSize"] {
 		c.Fills.MaxBlobSize = DefaultMaxBlobSize
+	}
+	for i := range c.Mirrors {
+		m := &c.Mirrors[i]
+		if !set[fmt.Sprintf("mirrors[%d].interval", i)] {
+			m.Interval = DefaultMirrorInterval
+		}
+		if !set[fmt.Sprintf("mirrors[%d].jitter", i)] {
+			m.Jitter = m.Interval / 10
+		}
 	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]

@@ -173,12 +173,17 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validateMirrors(bad)
 	return errors.Join(errs...)
 }
 
 // canonicalName folds Docker Hub's aliases into one name, so two upstreams
 // cannot both claim Docker Hub.
-func canonicalName(n string) string {
+func canonicalName(n string) string { return CanonicalName(n) }
+
+// CanonicalName folds Docker Hub's aliases into "docker.io": the name under
+// which the store keeps an upstream's content.
+func CanonicalName(n string) string {
 	switch n {
 	case "docker.io", "index.docker.io", "registry-1.docker.io":
 		return "docker.io"

@@ -36,10 +36,11 @@ type BlobBody struct {
 	resumes int
 }
 
-// Blob opens blob d of repo from offset on. size is the blob's total size,
-// or -1 if upstream did not say; the body is a *BlobBody.
-func (u *Upstream) Blob(ctx context.Context, repo string, d v1.Hash, offset int64) (io.ReadCloser, int64, error) {
-	b := &BlobBody{u: u, repo: repo, digest: d, size: -1, off: offset}
+// Blob opens blob d of repo from offset on. size is its size if the caller
+// knows it (from a manifest), else -1; the size returned is the blob's total
+// size, or -1 if upstream did not say. The body is a *BlobBody.
+func (u *Upstream) Blob(ctx context.Context, repo string, d v1.Hash, offset, size int64) (io.ReadCloser, int64, error) {
+	b := &BlobBody{u: u, repo: repo, digest: d, size: size, off: offset}
 	b.ctx, b.cancel = context.WithTimeout(ctx, u.opts.BlobTimeout)
 	if err := b.open(); err != nil {
 		b.cancel()
@@ -63,7 +64,12 @@ func (b *BlobBody) open() error {
 	// take longer: the context itself has none).
 	reqCtx = context.WithValue(reqCtx, headerDeadlineKey{}, time.Now().Add(b.u.opts.RequestTimeout))
 	header := http.Header{}
-	if b.off > 0 {
+	switch {
+	case b.off > 0 && b.size > b.off:
+		// Both ends: some registries (go-containerregistry's) refuse an
+		// open range.
+		header.Set("Range", "bytes="+strconv.FormatInt(b.off, 10)+"-"+strconv.FormatInt(b.size-1, 10))
+	case b.off > 0:
 		header.Set("Range", "bytes="+strconv.FormatInt(b.off, 10)+"-")
 	}
 	resp, err := b.u.do(reqCtx, "blob", http.MethodGet, b.repo, "/blobs/"+b.digest.String(), nil, header)

@@ -133,7 +133,7 @@ func TestBlobBodyResumesWithRange(t *testing.T) {
 	img := seed(t, srv, "acme/app")
 	d, size := firstLayer(t, img)
 	u := newTestUpstream(t, Options{URLs: []string{srv.URL}, Insecure: true})
-	body, total, err := u.Blob(context.Background(), "acme/app", d, 0)
+	body, total, err := u.Blob(context.Background(), "acme/app", d, 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,14 +156,14 @@ func TestBlobLimits(t *testing.T) {
 	d, size := firstLayer(t, img)
 	small := newTestUpstream(t, Options{URLs: []string{srv.URL}, Insecure: true, MaxBlobSize: size - 1})
 	var ue *Error
-	if _, _, err := small.Blob(context.Background(), "acme/app", d, 0); !errors.As(err, &ue) || !ue.Invalid {
+	if _, _, err := small.Blob(context.Background(), "acme/app", d, 0, -1); !errors.As(err, &ue) || !ue.Invalid {
 		t.Errorf("blob above the size limit: %v", err)
 	}
 	if _, err := small.BlobHead(context.Background(), "acme/app", d); !errors.As(err, &ue) || !ue.Invalid {
 		t.Errorf("HEAD of a blob above the size limit: %v", err)
 	}
 	slow := newTestUpstream(t, Options{URLs: []string{srv.URL}, Insecure: true, BlobTimeout: 100 * time.Millisecond})
-	body, _, err := slow.Blob(context.Background(), "acme/app", d, 0)
+	body, _, err := slow.Blob(context.Background(), "acme/app", d, 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,7 +201,7 @@ func TestRequestsCarryNamespace(t *testing.T) {
 	}
 	layers, _ := img.Layers()
 	d, _ := layers[0].Digest()
-	body, _, err := u.Blob(ctx, "acme/app", d, 0)
+	body, _, err := u.Blob(ctx, "acme/app", d, 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -134,46 +134,63 @@ const (
 
 // Tags lists a repository's tags upstream, following Link pagination.
 func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
-	var tags []string
+	return u.list(ctx, "tags", repo, "/tags/list")
+}
+
+// Catalog lists the upstream's repositories (the _catalog API, which many
+// registries, Docker Hub among them, do not offer), following Link
+// pagination.
+func (u *Upstream) Catalog(ctx context.Context) ([]string, error) {
+	return u.list(ctx, "catalog", "", "_catalog")
+}
+
+// list reads a paginated name list (tags or repositories) within the bounds
+// above.
+func (u *Upstream) list(ctx context.Context, op, repo, path string) ([]string, error) {
+	var names []string
 	query := url.Values{"n": {"1000"}}
-	for page := 0; page < maxTagPages && query != nil && len(tags) < maxTags; page++ {
-		list, next, err := u.tagPage(ctx, repo, query)
+	for page := 0; page < maxTagPages && query != nil && len(names) < maxTags; page++ {
+		list, next, err := u.listPage(ctx, op, repo, path, query)
 		if err != nil {
 			return nil, err
 		}
-		tags = append(tags, list...)
+		names = append(names, list...)
 		query = next
 	}
-	if len(tags) > maxTags {
-		tags = tags[:maxTags]
+	if len(names) > maxTags {
+		names = names[:maxTags]
 	}
-	return tags, nil
+	return names, nil
 }
 
-func (u *Upstream) tagPage(ctx context.Context, repo string, query url.Values) ([]string, url.Values, error) {
+func (u *Upstream) listPage(ctx context.Context, op, repo, path string, query url.Values) ([]string, url.Values, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.opts.RequestTimeout)
 	defer cancel()
-	resp, err := u.do(ctx, "tags", http.MethodGet, repo, "/tags/list", query, nil)
+	resp, err := u.do(ctx, op, http.MethodGet, repo, path, query, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, nil, u.failed(responseError(u.opts.Name, "tags", resp))
+		return nil, nil, u.failed(responseError(u.opts.Name, op, resp))
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxTagPageBytes+1))
 	if err != nil {
-		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: "tags", Err: redactErr(err)})
+		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Err: redactErr(err)})
 	}
 	if len(b) > maxTagPageBytes {
-		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: "tags", Invalid: true,
-			Err: fmt.Errorf("a page of the tag list is larger than %d bytes", maxTagPageBytes)})
+		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Invalid: true,
+			Err: fmt.Errorf("a page of the %s list is larger than %d bytes", op, maxTagPageBytes)})
 	}
 	var list struct {
-		Tags []string `json:"tags"`
+		Tags         []string `json:"tags"`
+		Repositories []string `json:"repositories"`
 	}
 	if err := json.Unmarshal(b, &list); err != nil {
-		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: "tags", Invalid: true, Err: fmt.Errorf("not a tag list: %v", firstLine(err))})
+		return nil, nil, u.failed(&Error{Upstream: u.opts.Name, Op: op, Invalid: true, Err: fmt.Errorf("not a %s list: %v", op, firstLine(err))})
+	}
+	if repo == "" {
+		return list.Repositories, nextQuery(resp.Header.Get("Link")), nil
 	}
 	return list.Tags, nextQuery(resp.Header.Get("Link")), nil
 }

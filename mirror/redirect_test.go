@@ -91,7 +91,7 @@ func TestRedirectToAForeignPrivateAddressIsRefused(t *testing.T) {
 	var logs bytes.Buffer
 	u := newTestUpstream(t, Options{URLs: []string{srv.URL}, Insecure: true, Auth: basicAuth(),
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	_, _, err := u.Blob(context.Background(), "acme/app", d, 0)
+	_, _, err := u.Blob(context.Background(), "acme/app", d, 0, -1)
 	var ue *Error
 	if !errors.As(err, &ue) || !ue.Refused || !ue.BadContent() {
 		t.Fatalf("redirect to 127.0.0.2: %v", err)
@@ -116,7 +116,7 @@ func TestRedirectKeepsCredentialsAtHome(t *testing.T) {
 	var logs bytes.Buffer
 	u := newTestUpstream(t, Options{URLs: []string{srv.URL}, Insecure: true, Auth: basicAuth(),
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	body, _, err := u.Blob(context.Background(), "acme/app", d, 0)
+	body, _, err := u.Blob(context.Background(), "acme/app", d, 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestRedirectDowngradeAndLoopsRefused(t *testing.T) {
 	tg := startTarget(t, "127.0.0.1", []byte("x"))
 	srv, d, _ := redirectingRegistry(t, true, func(*http.Request) string { return tg.srv.URL + "/blob" })
 	u := newTestUpstream(t, Options{URLs: []string{srv.URL}, Insecure: true, Auth: basicAuth()})
-	_, _, err := u.Blob(context.Background(), "acme/app", d, 0)
+	_, _, err := u.Blob(context.Background(), "acme/app", d, 0, -1)
 	var ue *Error
 	if !errors.As(err, &ue) || !ue.Refused || tg.hits.Load() != 0 {
 		t.Fatalf("https to http: %v (target hits %d)", err, tg.hits.Load())
@@ -145,7 +145,7 @@ func TestRedirectDowngradeAndLoopsRefused(t *testing.T) {
 
 	loop, d2, _ := redirectingRegistry(t, false, func(r *http.Request) string { return r.URL.String() })
 	u = newTestUpstream(t, Options{URLs: []string{loop.URL}, Insecure: true, Auth: basicAuth()})
-	if _, _, err := u.Blob(context.Background(), "acme/app", d2, 0); !errors.As(err, &ue) || !ue.Refused {
+	if _, _, err := u.Blob(context.Background(), "acme/app", d2, 0, -1); !errors.As(err, &ue) || !ue.Refused {
 		t.Fatalf("redirect loop: %v", err)
 	}
 }

@@ -262,6 +262,9 @@ func (u *Upstream) transport(ctx context.Context, i int, repo string) (http.Roun
 	}
 	ep := &u.endpoints[i]
 	scope := ep.reg.Repo(repo).Scope(transport.PullScope)
+	if repo == "" { // the catalog
+		scope = ep.reg.Scope("catalog:*")
+	}
 	t, err := transport.NewWithContext(ctx, ep.reg, u.opts.Auth, ep.guard, []string{scope})
 	if err != nil {
 		return nil, err

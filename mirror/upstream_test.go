@@ -185,7 +185,7 @@ func TestFailoverAndRetries(t *testing.T) {
 	layers, _ := img.Layers()
 	d, _ := layers[0].Digest()
 	u := newTestUpstream(t, Options{URLs: []string{"http://127.0.0.1:9", srv.URL}, Insecure: true})
-	body, size, err := u.Blob(context.Background(), "acme/app", d, 0)
+	body, size, err := u.Blob(context.Background(), "acme/app", d, 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestFailoverAndRetries(t *testing.T) {
 		t.Fatalf("blob %s (%d bytes), want %s (%d)", got, n, d, size)
 	}
 	// Resume: a ranged read from an offset.
-	body, total, err := u.Blob(context.Background(), "acme/app", d, 100)
+	body, total, err := u.Blob(context.Background(), "acme/app", d, 100, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -124,6 +125,43 @@ func (s *Store) Resume(id string) (*Session, error) {
 		return nil, fmt.Errorf("store: resume %s: the session is open already", id)
 	}
 	return s.session(id, dir, info.Kind, info.Origin), nil
+}
+
+// SessionInfo describes a session left on disk by an interruption.
+type SessionInfo struct {
+	ID      string
+	Kind    Kind
+	Origin  string
+	Created time.Time
+}
+
+// Interrupted lists the resumable sessions of kind on disk that are not
+// open in this process, oldest first: a mirror job resumes its own (by
+// Origin) and aborts the rest.
+func (s *Store) Interrupted(kind Kind) ([]SessionInfo, error) {
+	entries, err := os.ReadDir(filepath.Join(s.root, syncDir))
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	var out []SessionInfo
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(s.root, syncDir, e.Name(), "session.json"))
+		if err != nil {
+			continue
+		}
+		var info sessionInfo
+		if json.Unmarshal(b, &info) != nil || info.Kind != kind {
+			continue
+		}
+		s.sessionsMu.Lock()
+		open := s.sessions[e.Name()]
+		s.sessionsMu.Unlock()
+		if !open {
+			out = append(out, SessionInfo{ID: e.Name(), Kind: info.Kind, Origin: info.Origin, Created: info.Created})
+		}
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int { return a.Created.Compare(b.Created) })
+	return out, nil
 }
 
 // ID is the session's UUID (an upload's UUID, later).

@@ -52,6 +52,7 @@ type Store struct {
 	links     linkCache
 	tags      tagCache
 	locks     digestLocks
+	lock      *os.File   // the process lock (lock_unix.go), held until Close
 	writeMu   sync.Mutex // serializes metadata transactions (see update)
 
 	writingMu sync.Mutex
@@ -84,7 +85,17 @@ func Open(root string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("store: %w", err)
 		}
 	}
-	s := &Store{root: root, log: opts.Logger, now: opts.Now, space: newSpace(opts.Reserve),
+	lock, err := lockRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	opened := false
+	defer func() {
+		if !opened {
+			lock.Close()
+		}
+	}()
+	s := &Store{root: root, log: opts.Logger, now: opts.Now, space: newSpace(opts.Reserve), lock: lock,
 		writing: map[string]*inflight{}, sessions: map[string]bool{}, stop: make(chan struct{})}
 	s.access.pending = map[string]int64{}
 	s.manifests.init(manifestCacheBytes)
@@ -116,6 +127,7 @@ func Open(root string, opts Options) (*Store, error) {
 	s.wg.Add(2)
 	go s.background()
 	go s.watchSpace(opts.SpaceCheck)
+	opened = true
 	return s, nil
 }
 
@@ -269,6 +281,7 @@ func (s *Store) Close() error {
 	}
 	s.dbMu.Lock()
 	defer s.dbMu.Unlock()
+	defer s.lock.Close() // last: the next process may start when Badger is closed
 	if free := s.measure(); free < minFreeToOpen && !s.readOnly.Load() {
 		// Flushing now would fault on a page the disk cannot give. The
 		// memtable's log is complete in the page cache; the next Open

@@ -15,6 +15,7 @@ import (
 	"github.com/outpost-oci/outpost/cache"
 	"github.com/outpost-oci/outpost/configs"
 	"github.com/outpost-oci/outpost/mirror"
+	msync "github.com/outpost-oci/outpost/mirror/sync"
 	"github.com/outpost-oci/outpost/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -24,16 +25,18 @@ import (
 
 // app is one running Outpost: store, upstreams, front end and metrics.
 type app struct {
-	log       *slog.Logger
-	store     *store.Store
-	cache     *cache.Cache
-	registry  *prometheus.Registry
-	upMetrics *mirror.Metrics
-	ready     atomic.Bool
+	log        *slog.Logger
+	store      *store.Store
+	cache      *cache.Cache
+	registry   *prometheus.Registry
+	upMetrics  *mirror.Metrics
+	mirMetrics *msync.Metrics
+	ready      atomic.Bool
 
 	mu        sync.Mutex
 	cfg       *configs.Config
 	upstreams []*mirror.Upstream
+	mirrors   *mirrors // nil until run starts them
 }
 
 // start opens the store and builds everything but the listeners.
@@ -44,7 +47,7 @@ func start(cfg *configs.Config, log *slog.Logger) (*app, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	a := &app{log: log, store: st, registry: reg, upMetrics: mirror.NewMetrics(reg), cfg: cfg}
+	a := &app{log: log, store: st, registry: reg, upMetrics: mirror.NewMetrics(reg), mirMetrics: msync.NewMetrics(reg), cfg: cfg}
 	registerStoreMetrics(reg, st)
 	ups, opts, err := a.buildUpstreams(cfg)
 	if err != nil {
@@ -121,16 +124,26 @@ func (a *app) reload(cfg *configs.Config) error {
 	if err != nil {
 		return err
 	}
-	if err := a.cache.SetUpstreams(opts); err != nil {
+	jobs, err := buildJobs(cfg, ups, a.store, a.mirMetrics, a, nil)
+	if err == nil {
+		err = a.cache.SetUpstreams(opts)
+	}
+	if err != nil {
 		for _, u := range ups {
 			u.Close()
 		}
 		return err
 	}
 	a.mu.Lock()
-	old, oldCfg := a.upstreams, a.cfg
+	old, oldCfg, oldMirrors := a.upstreams, a.cfg, a.mirrors
 	a.upstreams, a.cfg = ups, cfg
 	a.mu.Unlock()
+	if oldMirrors != nil { // running: the new jobs replace the old ones
+		oldMirrors.stop()
+		a.mu.Lock()
+		a.mirrors = startMirrors(jobs, a)
+		a.mu.Unlock()
+	}
 	for _, u := range old {
 		u.Close() // stops its probe; requests in flight keep their transports
 	}
@@ -144,6 +157,12 @@ func (a *app) reload(cfg *configs.Config) error {
 // run serves clients on ln and the admin endpoints on adminLn (if not nil)
 // until ctx ends, then shuts down gracefully.
 func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
+	a.mu.Lock()
+	jobs, err := buildJobs(a.cfg, a.upstreams, a.store, a.mirMetrics, a, nil)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.cache.Serve(ctx, ln) })
 	if adminLn != nil {
@@ -161,17 +180,24 @@ func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
 			return srv.Shutdown(shutdownCtx)
 		})
 	}
-	a.ready.Store(true)
 	a.mu.Lock()
-	attrs := []any{"address", ln.Addr().String(), "storage", a.cfg.Storage.Root, "upstreams", len(a.upstreams), "version", version}
+	a.mirrors = startMirrors(jobs, a)
+	attrs := []any{"address", ln.Addr().String(), "storage", a.cfg.Storage.Root, "upstreams", len(a.upstreams),
+		"mirrors", len(jobs), "version", version}
 	a.mu.Unlock()
+	a.ready.Store(true)
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
 	}
 	a.log.Info("serving", attrs...)
 	<-ctx.Done()
 	a.ready.Store(false)
-	err := g.Wait()
+	a.mu.Lock()
+	m := a.mirrors
+	a.mirrors = nil
+	a.mu.Unlock()
+	m.stop()
+	err = g.Wait()
 	a.log.Info("stopped")
 	return err
 }
@@ -200,6 +226,8 @@ func (a *app) adminHandler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /mirrors", a.serveMirrorStatus)
+	mux.HandleFunc("POST /mirrors/{name}/run", a.serveMirrorRun)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {

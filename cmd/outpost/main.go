@@ -53,6 +53,7 @@ func newCLI() *cli.App {
 					})
 				},
 			},
+			syncCommand(),
 			serviceCommand(),
 			{
 				Name:  "version",

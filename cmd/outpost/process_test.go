@@ -65,6 +65,24 @@ func startProcess(t *testing.T, cfgYAML, root string) (*process, string) {
 	if err := os.WriteFile(path, []byte(cfgYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return runProcess(t, path, addr, root), path
+}
+
+// restartProcess runs `outpost serve` again on the config file a
+// startProcess wrote.
+func restartProcess(t *testing.T, path, root string) *process {
+	t.Helper()
+	cfg, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(cfg), `address: "`)
+	addr, _, _ := strings.Cut(rest, `"`)
+	return runProcess(t, path, addr, root)
+}
+
+func runProcess(t *testing.T, path, addr, root string) *process {
+	t.Helper()
 	p := &process{addr: addr, root: root, out: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(os.Args[0], "serve", "--config", path)
 	p.cmd.Env = append(os.Environ(), "OUTPOST_TEST_MAIN=1")
@@ -84,12 +102,24 @@ func startProcess(t *testing.T, cfgYAML, root string) (*process, string) {
 	for time.Now().Before(deadline) {
 		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
 			resp.Body.Close()
-			return p, path
+			return p
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("outpost did not come up:\n%s", p.out.String())
-	return nil, ""
+	return nil
+}
+
+// get fetches path from the process and returns the status.
+func (p *process) get(t *testing.T, path string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get("http://" + p.addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
 }
 
 func (p *process) wait(t *testing.T, limit time.Duration) error {

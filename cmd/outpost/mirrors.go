@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/outpost-oci/outpost/configs"
+	"github.com/outpost-oci/outpost/mirror"
+	msync "github.com/outpost-oci/outpost/mirror/sync"
+	"github.com/outpost-oci/outpost/store"
+)
+
+// mirrorFirstRun bounds the wait before each mirror's first run after a
+// start or a reload (a random point within it, so jobs do not all start
+// at once).
+var mirrorFirstRun = 30 * time.Second
+
+// buildJobs makes the configured mirrors' jobs on the given upstreams
+// (ups[i] is cfg.Upstreams[i]).
+func buildJobs(cfg *configs.Config, ups []*mirror.Upstream, st *store.Store, metrics *msync.Metrics, a *app, progress msync.Progress) ([]msync.Schedule, error) {
+	var out []msync.Schedule
+	for _, m := range cfg.Mirrors {
+		i := slices.IndexFunc(cfg.Upstreams, func(u configs.Upstream) bool {
+			return configs.CanonicalName(u.Name) == configs.CanonicalName(m.Upstream)
+		})
+		if i < 0 {
+			return nil, fmt.Errorf("mirror %s: no upstream %s", m.Name, m.Upstream)
+		}
+		filter, err := msync.NewTagFilter(m.Tags.Include, m.Tags.Exclude, m.Tags.Semver, m.Tags.Latest)
+		if err != nil {
+			return nil, fmt.Errorf("mirror %s: %w", m.Name, err)
+		}
+		var platforms []v1.Platform
+		for _, p := range m.Platforms {
+			pl, err := v1.ParsePlatform(p)
+			if err != nil {
+				return nil, fmt.Errorf("mirror %s: %w", m.Name, err)
+			}
+			platforms = append(platforms, *pl)
+		}
+		var window msync.Window
+		if !m.Window.IsZero() {
+			window = m.Window
+		}
+		job, err := msync.NewJob(msync.Options{
+			Name: m.Name, Upstream: ups[i], Registry: configs.CanonicalName(cfg.Upstreams[i].Name), Store: st,
+			Repositories: m.Repositories, Tags: filter, Platforms: platforms, Referrers: m.Referrers,
+			Bandwidth: int64(m.Bandwidth), Window: window,
+			Logger: a.log.With("component", "sync"), Metrics: metrics, Progress: progress,
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, msync.Schedule{Job: job, Interval: m.Interval.D(), Jitter: m.Jitter.D()})
+	}
+	return out, nil
+}
+
+// mirrors is the running scheduler and how to stop it.
+type mirrors struct {
+	sched  *msync.Scheduler
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startMirrors(schedules []msync.Schedule, a *app) *mirrors {
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &mirrors{sched: msync.NewScheduler(schedules, mirrorFirstRun, a.log.With("component", "sync")), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		m.sched.Run(ctx)
+	}()
+	return m
+}
+
+// stop cancels runs in progress (their staging stays for the next run)
+// and waits for them.
+func (m *mirrors) stop() {
+	if m != nil {
+		m.cancel()
+		<-m.done
+	}
+}
+
+// serveMirrorStatus answers GET /mirrors: every job's state and last run.
+func (a *app) serveMirrorStatus(w http.ResponseWriter, _ *http.Request) {
+	a.mu.Lock()
+	m := a.mirrors
+	a.mu.Unlock()
+	var status []msync.Status
+	if m != nil {
+		status = m.sched.Status()
+	}
+	slices.SortFunc(status, func(x, y msync.Status) int { return compareStrings(x.Mirror, y.Mirror) })
+	writeJSON(w, http.StatusOK, map[string]any{"mirrors": status})
+}
+
+// serveMirrorRun answers POST /mirrors/{name}/run: runs the job now (or,
+// with ?dry-run=1, lists what it would fetch) and returns the report.
+// `outpost sync` sends this when `outpost serve` holds the store.
+func (a *app) serveMirrorRun(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	m := a.mirrors
+	a.mu.Unlock()
+	name := r.PathValue("name")
+	if m == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no mirrors are configured"})
+		return
+	}
+	var rep *msync.Report
+	var err error
+	if r.URL.Query().Get("dry-run") == "1" {
+		job := m.sched.Job(name)
+		if job == nil {
+			err = msync.ErrUnknownMirror
+		} else {
+			rep, err = job.DryRun(r.Context())
+		}
+	} else {
+		rep, err = m.sched.RunNow(r.Context(), name)
+	}
+	switch {
+	case errors.Is(err, msync.ErrUnknownMirror):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no mirror named %q", name)})
+	case err != nil:
+		writeJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error(), "report": rep})
+	default:
+		writeJSON(w, http.StatusOK, map[string]any{"report": rep})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,86 @@
+package sync
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// gate holds a job's transfers to its bandwidth cap and daily window: a
+// body read through it waits for tokens, and outside the window it waits
+// for the window to open again (a running job pauses, it is not cut).
+type gate struct {
+	lim    *rate.Limiter // nil: no cap
+	burst  int
+	window Window
+	now    func() time.Time
+}
+
+func newGate(bytesPerSec int64, w Window, now func() time.Time) *gate {
+	g := &gate{window: w, now: now}
+	if bytesPerSec > 0 {
+		// A tenth of a second of tokens: smooth, and a short transfer does
+		// not start with a large free burst.
+		g.burst = int(max(bytesPerSec/10, 1024))
+		g.lim = rate.NewLimiter(rate.Limit(bytesPerSec), g.burst)
+		g.lim.AllowN(now(), g.burst) // start empty
+	}
+	return g
+}
+
+// waitWindow returns once the window is open (at once without a window).
+// It looks at the clock at least every minute, so a clock set late (a Pi
+// without a real-time clock getting NTP) is noticed.
+func (g *gate) waitWindow(ctx context.Context) error {
+	if g.window == nil {
+		return nil
+	}
+	for {
+		now := g.now()
+		if g.window.Contains(now) {
+			return nil
+		}
+		wait := min(g.window.Next(now).Sub(now), time.Minute)
+		t := time.NewTimer(max(wait, time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (g *gate) reader(ctx context.Context, r io.Reader) io.Reader {
+	if g.lim == nil && g.window == nil {
+		return r
+	}
+	return &gatedReader{g: g, ctx: ctx, r: r}
+}
+
+type gatedReader struct {
+	g   *gate
+	ctx context.Context
+	r   io.Reader
+}
+
+func (gr *gatedReader) Read(p []byte) (int, error) {
+	if err := gr.g.waitWindow(gr.ctx); err != nil {
+		return 0, err
+	}
+	if gr.g.lim == nil {
+		return gr.r.Read(p)
+	}
+	if len(p) > gr.g.burst {
+		p = p[:gr.g.burst]
+	}
+	n, err := gr.r.Read(p)
+	if n > 0 {
+		if werr := gr.g.lim.WaitN(gr.ctx, n); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}

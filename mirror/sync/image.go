@@ -1,0 +1,297 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	stdsync "sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/outpost-oci/outpost/store"
+)
+
+// maxDepth bounds nested indexes (an index of indexes of images).
+const maxDepth = 3
+
+// image syncs one tag's content into one store session.
+type image struct {
+	job  *Job
+	ctx  context.Context
+	sess *store.Session
+	repo string // upstream's name for the repository
+	key  string // the store's: registry/repo
+	rep  *Report
+
+	mu         stdsync.Mutex // rep's counters, from parallel blob downloads
+	downloaded int           // manifests and blobs fetched for this image
+	staged     map[v1.Hash]bool
+}
+
+// sync stages the manifest tag points at (d, or whatever upstream says
+// when d is zero), the wanted children of an index, every blob they need
+// and, if wanted, their referrers. It returns the manifest's digest.
+func (im *image) sync(tag string, d v1.Hash) (v1.Hash, error) {
+	ref := d.String()
+	if d.Hex == "" {
+		ref = tag // upstream gave no digest on HEAD: GET by tag (checked by mirror)
+	}
+	b, mt, d, err := im.manifest(ref, d)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if err := im.tree(b, mt, d, 0); err != nil {
+		return v1.Hash{}, err
+	}
+	if im.job.opts.Referrers {
+		if err := im.referrers(d); err != nil {
+			return v1.Hash{}, fmt.Errorf("referrers of %s: %w", d, err)
+		}
+	}
+	return d, nil
+}
+
+// tree stages manifest d with its wanted children and their blobs, the
+// children first.
+func (im *image) tree(b []byte, mt string, d v1.Hash, depth int) error {
+	if im.staged[d] {
+		return nil
+	}
+	children, blobs, err := parse(b, mt)
+	if err != nil {
+		return fmt.Errorf("manifest %s: %w", d, err)
+	}
+	for _, c := range children {
+		if !wantPlatform(im.job.opts.Platforms, c.Platform) {
+			continue
+		}
+		if depth+1 >= maxDepth {
+			return fmt.Errorf("manifest %s: indexes nested more than %d deep", d, maxDepth)
+		}
+		cb, cmt, _, err := im.manifest(c.Digest.String(), c.Digest)
+		if err != nil {
+			return err
+		}
+		if err := im.tree(cb, cmt, c.Digest, depth+1); err != nil {
+			return err
+		}
+	}
+	if err := im.blobs(blobs); err != nil {
+		return err
+	}
+	got, err := im.sess.Manifest(im.key, b, mt)
+	if err != nil {
+		return err
+	}
+	if d.Algorithm == got.Algorithm && got != d {
+		return fmt.Errorf("manifest %s hashes to %s", d, got)
+	}
+	if im.staged == nil {
+		im.staged = map[v1.Hash]bool{}
+	}
+	im.staged[d] = true
+	return nil
+}
+
+// manifest returns manifest ref (digest d, or a tag when d is zero): the
+// stored bytes if the store has them, otherwise upstream's (checked).
+func (im *image) manifest(ref string, d v1.Hash) ([]byte, string, v1.Hash, error) {
+	st := im.job.opts.Store
+	if d.Hex != "" && st.HasManifest(d) {
+		m, f, err := st.OpenManifest(d)
+		if err == nil {
+			b := m.Bytes
+			if f != nil {
+				b, err = io.ReadAll(f)
+				f.Close()
+			}
+			if err == nil {
+				return b, m.MediaType, d, nil
+			}
+		}
+		// Unreadable (removed meanwhile): fetch it again.
+	}
+	b, desc, err := im.job.opts.Upstream.Manifest(im.ctx, im.repo, ref)
+	if err != nil {
+		return nil, "", v1.Hash{}, err
+	}
+	if d.Hex == "" {
+		d = desc.Digest
+	}
+	im.count(1, 0, int64(len(b)))
+	return b, string(desc.MediaType), d, nil
+}
+
+func (im *image) count(manifests, blobs int, bytes int64) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	im.downloaded += manifests + blobs
+	im.rep.Manifests += manifests
+	im.rep.Blobs += blobs
+	im.rep.Bytes += bytes
+	im.job.opts.Metrics.bytes(im.job.opts.Name, bytes)
+}
+
+// blobs makes sure every blob is stored or staged in the session, a few
+// at a time.
+func (im *image) blobs(descs []v1.Descriptor) error {
+	sem := make(chan struct{}, im.job.opts.Parallel)
+	var wg stdsync.WaitGroup
+	var mu stdsync.Mutex
+	var first error
+	for _, desc := range descs {
+		if im.job.opts.Store.HasBlob(desc.Digest) {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := im.blob(desc); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = fmt.Errorf("blob %s: %w", desc.Digest, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// blob downloads one blob into the session, unless someone else (a fill,
+// another job) is downloading it: then it waits for that download.
+func (im *image) blob(desc v1.Descriptor) error {
+	st := im.job.opts.Store
+	for attempt := 0; attempt < 3; attempt++ {
+		if st.HasBlob(desc.Digest) {
+			return nil
+		}
+		w, other, err := im.sess.Blob(desc.Digest, desc.Size)
+		switch {
+		case errors.Is(err, store.ErrExists):
+			return nil
+		case err != nil:
+			return err
+		case other != nil:
+			if err := im.await(other, desc.Digest); err != nil && im.ctx.Err() != nil {
+				return err
+			}
+			continue // stored now, or the other download failed: try ourselves
+		}
+		return im.download(w, desc)
+	}
+	if st.HasBlob(desc.Digest) {
+		return nil
+	}
+	return errors.New("another download of it kept failing")
+}
+
+// await follows someone else's write of d until it is stored or ends.
+func (im *image) await(p *store.Pending, d v1.Hash) error {
+	st := im.job.opts.Store
+	defer func() { p.Release() }()
+	for {
+		if err := p.Wait(im.ctx); err != nil {
+			return err
+		}
+		// Verified; it is stored once its session commits.
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-im.ctx.Done():
+			t.Stop()
+			return im.ctx.Err()
+		case <-t.C:
+		}
+		if st.HasBlob(d) {
+			return nil
+		}
+		q := st.Join(d)
+		if q == nil {
+			return nil // ended without storing it: the caller tries
+		}
+		p.Release()
+		p = q
+	}
+}
+
+// download fetches the blob into w from where a resumed part file stops,
+// under the job's bandwidth cap and window.
+func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
+	off := w.Written()
+	if desc.Size >= 0 && off == desc.Size {
+		return w.Close() // complete before the interruption: verify it
+	}
+	if off > 0 {
+		im.job.log.Info("resuming an interrupted blob download", "repo", im.key, "digest", desc.Digest, "from", off)
+	}
+	body, size, err := im.job.opts.Upstream.Blob(im.ctx, im.repo, desc.Digest, off, desc.Size)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if size >= 0 && desc.Size >= 0 && size != desc.Size {
+		w.Discard(store.ErrSizeMismatch)
+		return fmt.Errorf("%w: upstream says %d bytes, the manifest %d", store.ErrSizeMismatch, size, desc.Size)
+	}
+	if err := w.SetSize(size); err != nil {
+		return err
+	}
+	var r io.Reader = im.job.gate.reader(im.ctx, body)
+	var prog BlobProgress
+	if p := im.job.opts.Progress; p != nil {
+		prog = p.BlobStarted(im.key, desc.Digest, size, off)
+		r = &progressReader{r: r, p: prog}
+	}
+	n, err := w.ReadFrom(r)
+	im.count(0, 0, n)
+	if err == nil {
+		err = w.Close()
+	}
+	if prog != nil {
+		prog.Done(err)
+	}
+	if err != nil {
+		return err
+	}
+	im.count(0, 1, 0)
+	return nil
+}
+
+type progressReader struct {
+	r io.Reader
+	p BlobProgress
+}
+
+func (pr *progressReader) Read(b []byte) (int, error) {
+	n, err := pr.r.Read(b)
+	if n > 0 {
+		pr.p.Add(n)
+	}
+	return n, err
+}
+
+// referrers stages the manifests whose subject is d (signatures, SBOMs,
+// attestations) with their blobs, all platforms.
+func (im *image) referrers(d v1.Hash) error {
+	descs, err := im.job.opts.Upstream.Referrers(im.ctx, im.repo, d)
+	if err != nil {
+		return err
+	}
+	for _, desc := range descs {
+		if !types.MediaType(desc.MediaType).IsImage() && !types.MediaType(desc.MediaType).IsIndex() {
+			continue
+		}
+		b, mt, rd, err := im.manifest(desc.Digest.String(), desc.Digest)
+		if err != nil {
+			return err
+		}
+		if err := im.tree(b, mt, rd, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}

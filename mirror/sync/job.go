@@ -1,0 +1,423 @@
+// Package sync is the mirror engine: jobs that bring chosen repositories of
+// an upstream onto the box ahead of time. A job lists the tags, keeps those
+// its filters select, asks upstream for each one's digest with a HEAD and
+// downloads only what changed, and of that only what the store lacks. Each
+// image is written into a store session (.sync/<UUID>) and promoted in one
+// commit once every manifest and blob of it is there and verified, so a
+// client never sees a mirrored tag whose content is missing, and a moved
+// tag keeps its old image until the new one is complete.
+package sync
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	stdsync "sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/outpost-oci/outpost/mirror"
+	"github.com/outpost-oci/outpost/store"
+)
+
+// Window is a daily span of time in which a job transfers (configs.Window).
+type Window interface {
+	Contains(t time.Time) bool
+	Next(t time.Time) time.Time
+}
+
+// Options configure one job.
+type Options struct {
+	Name     string           // the mirror's name, in logs, metrics and session origins
+	Upstream *mirror.Upstream // where the content comes from
+	// Registry is the store's name for the upstream ("docker.io" for any
+	// of Docker Hub's aliases): content lands under Registry/<repo>.
+	Registry     string
+	Store        *store.Store
+	Repositories []string   // exact names and patterns ("org/**", matched against the catalog)
+	Tags         *TagFilter // nil: every tag
+	Platforms    []v1.Platform
+	Referrers    bool     // bring signatures and attestations along
+	Bandwidth    int64    // bytes per second for blob downloads; 0: no cap
+	Window       Window   // nil: transfers at any time
+	Parallel     int      // blobs downloaded at once; default 3
+	Progress     Progress // nil: nobody watches
+	Now          func() time.Time
+	Logger       *slog.Logger
+	Metrics      *Metrics // nil: not counted
+}
+
+// Progress hears of a job's blob downloads (`outpost sync` draws bars
+// with it on a terminal and writes log lines elsewhere). Calls come from
+// several goroutines at once.
+type Progress interface {
+	// BlobStarted announces a download of size bytes (-1: unknown) whose
+	// first from bytes were already there (a resumed part).
+	BlobStarted(repo string, d v1.Hash, size, from int64) BlobProgress
+}
+
+// BlobProgress follows one blob download.
+type BlobProgress interface {
+	Add(n int)      // n more bytes arrived
+	Done(err error) // the download ended (err nil: complete and verified)
+}
+
+// Job is one configured mirror. Run may be called again and again; runs of
+// one job do not overlap.
+type Job struct {
+	opts  Options
+	log   *slog.Logger
+	gate  *gate
+	runMu stdsync.Mutex
+}
+
+// NewJob checks opts and returns the job.
+func NewJob(opts Options) (*Job, error) {
+	if opts.Name == "" || opts.Upstream == nil || opts.Store == nil || opts.Registry == "" {
+		return nil, errors.New("mirror/sync: a job needs a name, an upstream, a registry name and a store")
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = 3
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	j := &Job{opts: opts, log: opts.Logger.With("mirror", opts.Name)}
+	j.gate = newGate(opts.Bandwidth, opts.Window, opts.Now)
+	return j, nil
+}
+
+// Name is the mirror's name.
+func (j *Job) Name() string { return j.opts.Name }
+
+// Report is what one run did.
+type Report struct {
+	Mirror    string    `json:"mirror"`
+	Started   time.Time `json:"started"`
+	Finished  time.Time `json:"finished"`
+	Images    int       `json:"images"`            // tags promoted: new, moved or completed
+	Unchanged int       `json:"unchanged"`         // tags already up to date
+	Manifests int       `json:"manifests"`         // manifests downloaded
+	Blobs     int       `json:"blobs"`             // blobs downloaded
+	Bytes     int64     `json:"bytes"`             // bytes downloaded (manifests and blobs)
+	Failed    []string  `json:"failed,omitempty"`  // "repo:tag: why", one per image that failed
+	DryRun    bool      `json:"dryRun,omitempty"`  // nothing was fetched but lists and HEADs
+	Planned   []Planned `json:"planned,omitempty"` // in a dry run: what would be fetched
+}
+
+// Planned is an image a dry run would fetch.
+type Planned struct {
+	Repo   string  `json:"repo"`
+	Tag    string  `json:"tag"`
+	Digest v1.Hash `json:"digest"`
+	Blobs  int     `json:"blobs"` // blobs (or, for a manifest not stored, 1 for the manifest) the store lacks
+	Bytes  int64   `json:"bytes"` // their size, where the stored manifests tell it
+}
+
+// Err sums up the failures of a run, nil if there were none.
+func (r *Report) Err() error {
+	if len(r.Failed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d image(s) failed: %s", len(r.Failed), strings.Join(r.Failed, "; "))
+}
+
+// Run syncs every selected tag once. A failure of one image is recorded in
+// the report and does not stop the others; the error is for a run that
+// could not start (no tag list, no catalog).
+func (j *Job) Run(ctx context.Context) (*Report, error) {
+	return j.run(ctx, false)
+}
+
+// DryRun lists what Run would fetch, fetching only tag lists and HEADs.
+func (j *Job) DryRun(ctx context.Context) (*Report, error) {
+	return j.run(ctx, true)
+}
+
+func (j *Job) run(ctx context.Context, dry bool) (*Report, error) {
+	j.runMu.Lock()
+	defer j.runMu.Unlock()
+	rep := &Report{Mirror: j.opts.Name, Started: j.opts.Now(), DryRun: dry}
+	finish := func(err error) (*Report, error) {
+		rep.Finished = j.opts.Now()
+		j.opts.Metrics.run(j.opts.Name, rep, err)
+		j.opts.Metrics.finished(j.opts.Name, rep)
+		return rep, err
+	}
+	if err := j.gate.waitWindow(ctx); err != nil {
+		return finish(err)
+	}
+	repos, err := j.repositories(ctx)
+	if err != nil {
+		return finish(err)
+	}
+	resumable := j.interrupted()
+	for _, repo := range repos {
+		if err := j.syncRepo(ctx, repo, rep, resumable); err != nil {
+			if ctx.Err() != nil {
+				return finish(ctx.Err())
+			}
+			rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %v", repo, err))
+			j.log.Warn("repository not synced", "repo", repo, "err", err)
+		}
+	}
+	if !dry {
+		j.abortLeftovers(resumable)
+	}
+	return finish(nil)
+}
+
+// repositories expands the configured entries, asking the catalog only
+// when a pattern needs it.
+func (j *Job) repositories(ctx context.Context) ([]string, error) {
+	var catalog []string
+	for _, e := range j.opts.Repositories {
+		if isGlob(e) {
+			var err error
+			if catalog, err = j.opts.Upstream.Catalog(ctx); err != nil {
+				return nil, fmt.Errorf("listing the repositories of %s for %q (list them by name if it has no catalog): %w", j.opts.Upstream.Name(), e, err)
+			}
+			break
+		}
+	}
+	repos := matchRepositories(j.opts.Repositories, catalog)
+	for i, r := range repos {
+		if j.opts.Registry == "docker.io" && !strings.Contains(r, "/") {
+			repos[i] = "library/" + r // what Docker Hub and the cache call it
+		}
+	}
+	return repos, nil
+}
+
+// syncRepo syncs the selected tags of one repository, and with them the
+// cosign tags (sha256-<hex>.sig/.att/.sbom) of what they point at when
+// referrers are wanted.
+func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable map[string]string) error {
+	all, err := j.opts.Upstream.Tags(ctx, repo)
+	if err != nil {
+		return err
+	}
+	tags := all
+	if j.opts.Tags != nil {
+		tags = j.opts.Tags.Select(all)
+	}
+	digests := map[string]bool{}
+	for _, tag := range tags {
+		d, err := j.syncTag(ctx, repo, tag, rep, resumable)
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			rep.Failed = append(rep.Failed, fmt.Sprintf("%s:%s: %v", repo, tag, err))
+			j.log.Warn("image not synced", "repo", repo, "tag", tag, "err", err)
+			continue
+		}
+		digests[d.String()] = true
+	}
+	if !j.opts.Referrers {
+		return nil
+	}
+	for _, tag := range all {
+		base, _, ok := strings.Cut(tag, ".")
+		if !ok || !isSigTag(tag) || !digests[strings.Replace(base, "-", ":", 1)] {
+			continue
+		}
+		if _, err := j.syncTag(ctx, repo, tag, rep, resumable); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			rep.Failed = append(rep.Failed, fmt.Sprintf("%s:%s: %v", repo, tag, err))
+		}
+	}
+	return nil
+}
+
+// isSigTag reports whether tag is one of cosign's: sha256-<hex>.sig, .att
+// or .sbom.
+func isSigTag(tag string) bool {
+	base, suffix, ok := strings.Cut(tag, ".")
+	if !ok || (suffix != "sig" && suffix != "att" && suffix != "sbom") {
+		return false
+	}
+	alg, hex, ok := strings.Cut(base, "-")
+	return ok && (alg == "sha256" && len(hex) == 64 || alg == "sha512" && len(hex) == 128)
+}
+
+// syncTag brings repo:tag up to date and returns the digest it points at.
+func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resumable map[string]string) (v1.Hash, error) {
+	key := j.opts.Registry + "/" + repo
+	head, err := j.opts.Upstream.Head(ctx, repo, tag)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	d := head.Digest
+	st := j.opts.Store
+	if d.Hex != "" {
+		if cur, err := st.Tag(key, tag); err == nil && cur.Digest == d {
+			if missing, _, err := j.missing(d); err == nil && missing == 0 && (!j.opts.Referrers || rep.DryRun || j.referrersStored(ctx, repo, d)) {
+				rep.Unchanged++
+				if !rep.DryRun {
+					st.ConfirmTag(key, tag, d, j.opts.Now())
+				}
+				return d, nil
+			}
+		}
+	}
+	if rep.DryRun {
+		p := Planned{Repo: key, Tag: tag, Digest: d}
+		p.Blobs, p.Bytes, _ = j.missing(d)
+		rep.Planned = append(rep.Planned, p)
+		return d, nil
+	}
+	origin := j.opts.Name + " " + key + ":" + tag
+	var sess *store.Session
+	if id, ok := resumable[origin]; ok {
+		delete(resumable, origin)
+		if sess, err = st.Resume(id); err != nil {
+			j.log.Warn("interrupted sync not resumed", "session", id, "err", err)
+			sess = nil
+		}
+	}
+	if sess == nil {
+		if sess, err = st.Begin(store.KindSync, origin); err != nil {
+			return v1.Hash{}, err
+		}
+	}
+	img := &image{job: j, ctx: ctx, sess: sess, repo: repo, key: key, rep: rep}
+	d, err = img.sync(tag, d)
+	if err != nil {
+		if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) {
+			sess.Abort()
+		} else {
+			sess.Close() // keep what arrived: the next run resumes it
+		}
+		return v1.Hash{}, err
+	}
+	sess.Tag(key, tag, d)
+	if err := sess.Commit(); err != nil {
+		return v1.Hash{}, fmt.Errorf("promoting: %w", err)
+	}
+	if img.downloaded == 0 {
+		rep.Unchanged++ // complete already; only referrers were looked at
+		return d, nil
+	}
+	rep.Images++
+	j.opts.Metrics.image(j.opts.Name)
+	j.log.Info("image synced", "repo", key, "tag", tag, "digest", d)
+	return d, nil
+}
+
+// missing counts the blobs (and their bytes) of stored manifest d and its
+// wanted children that the store lacks; a manifest that is not stored
+// counts as one missing item of unknown size.
+func (j *Job) missing(d v1.Hash) (n int, size int64, err error) {
+	st := j.opts.Store
+	if !st.HasManifest(d) {
+		return 1, 0, nil
+	}
+	m, f, err := st.OpenManifest(d)
+	if err != nil {
+		return 1, 0, err
+	}
+	b := m.Bytes
+	if f != nil {
+		b, err = io.ReadAll(f)
+		f.Close()
+		if err != nil {
+			return 1, 0, err
+		}
+	}
+	children, blobs, err := parse(b, m.MediaType)
+	if err != nil {
+		return 1, 0, err
+	}
+	for _, c := range children {
+		if wantPlatform(j.opts.Platforms, c.Platform) {
+			cn, cs, _ := j.missing(c.Digest)
+			n, size = n+cn, size+cs
+		}
+	}
+	for _, bl := range blobs {
+		if !st.HasBlob(bl.Digest) {
+			n, size = n+1, size+bl.Size
+		}
+	}
+	return n, size, nil
+}
+
+// referrersStored reports whether every referrer upstream lists for d is
+// stored and complete, so an unchanged tag costs no writes.
+func (j *Job) referrersStored(ctx context.Context, repo string, d v1.Hash) bool {
+	descs, err := j.opts.Upstream.Referrers(ctx, repo, d)
+	if err != nil {
+		return false
+	}
+	for _, desc := range descs {
+		if n, _, err := j.missing(desc.Digest); err != nil || n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// parse splits a manifest into the child manifests of an index and the
+// blobs of an image (config and distributable layers).
+func parse(b []byte, mediaType string) (children, blobs []v1.Descriptor, err error) {
+	mt := types.MediaType(mediaType)
+	if mt.IsIndex() {
+		var idx v1.IndexManifest
+		if err := json.Unmarshal(b, &idx); err != nil {
+			return nil, nil, err
+		}
+		return idx.Manifests, nil, nil
+	}
+	var m v1.Manifest
+	if err := json.NewDecoder(bytes.NewReader(b)).Decode(&m); err != nil {
+		return nil, nil, err
+	}
+	blobs = append(blobs, m.Config)
+	for _, l := range m.Layers {
+		if len(l.URLs) > 0 && !l.MediaType.IsDistributable() {
+			continue // a foreign layer: fetched from its URLs, not the registry
+		}
+		blobs = append(blobs, l)
+	}
+	return nil, blobs, nil
+}
+
+// interrupted maps the origins of this job's sessions left on disk by an
+// interruption to their ids (the newest one per origin).
+func (j *Job) interrupted() map[string]string {
+	infos, err := j.opts.Store.Interrupted(store.KindSync)
+	if err != nil {
+		j.log.Warn("cannot list interrupted syncs", "err", err)
+		return nil
+	}
+	out := map[string]string{}
+	for _, in := range infos {
+		if strings.HasPrefix(in.Origin, j.opts.Name+" ") {
+			out[in.Origin] = in.ID
+		}
+	}
+	return out
+}
+
+// abortLeftovers removes this job's interrupted sessions that the run did
+// not resume: what they staged is not wanted any more.
+func (j *Job) abortLeftovers(resumable map[string]string) {
+	for origin, id := range resumable {
+		if sess, err := j.opts.Store.Resume(id); err == nil {
+			sess.Abort()
+			j.log.Info("removed an interrupted sync that is not wanted any more", "session", id, "for", origin)
+		}
+	}
+}
