@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Error describes a failed upstream call. The cache inspects it through its
@@ -16,7 +17,10 @@ type Error struct {
 	Mismatch bool   // upstream content did not match its digest
 	Invalid  bool   // upstream sent something that is not what was asked for (not a manifest, too large)
 	Refused  bool   // upstream redirected somewhere Outpost does not go
-	Err      error
+	// RetryAfter is how long upstream asked us to wait (Retry-After on a
+	// 429 or 503), 0 if it did not say.
+	RetryAfter time.Duration
+	Err        error
 }
 
 func (e *Error) Error() string {

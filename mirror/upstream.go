@@ -114,6 +114,7 @@ type Upstream struct {
 	transports map[string]http.RoundTripper // authenticated, per endpoint and repository scope
 
 	health   health
+	limit    rateLimit
 	stop     chan struct{}
 	stopOnce sync.Once
 	probing  sync.WaitGroup
@@ -131,6 +132,7 @@ func New(opts Options) (*Upstream, error) {
 	}
 	u := &Upstream{opts: opts, transports: map[string]http.RoundTripper{}, stop: make(chan struct{}),
 		requests: make(chan struct{}, opts.MaxRequests), endpoints: make([]endpoint, len(opts.URLs))}
+	u.limit.remaining.Store(-1)
 	probe := base.Clone()
 	probe.ResponseHeaderTimeout = opts.ProbeTimeout
 	u.probeClient = &http.Client{Transport: probe, CheckRedirect: noRedirects}
@@ -474,6 +476,9 @@ func (u *Upstream) send(ctx context.Context, i int, method, repo, path string, q
 		req.Header[k] = v
 	}
 	resp, err := (&http.Client{Transport: t, CheckRedirect: u.checkRedirect}).Do(req)
+	if err == nil {
+		u.limit.note(resp.Header)
+	}
 	return resp, redactErr(err)
 }
 
@@ -513,7 +518,7 @@ func responseError(upstream, op string, resp *http.Response) *Error {
 	if err == nil {
 		err = fmt.Errorf("unexpected status %d", resp.StatusCode)
 	}
-	return &Error{Upstream: upstream, Op: op, Status: resp.StatusCode, Err: redactErr(err)}
+	return &Error{Upstream: upstream, Op: op, Status: resp.StatusCode, RetryAfter: retryAfterOf(resp), Err: redactErr(err)}
 }
 
 // quietLogger turns retryablehttp's per-attempt logging into debug lines

@@ -113,7 +113,15 @@ func (im *image) manifest(ref string, d v1.Hash) ([]byte, string, v1.Hash, error
 		}
 		// Unreadable (removed meanwhile): fetch it again.
 	}
-	b, desc, err := im.job.opts.Upstream.Manifest(im.ctx, im.repo, ref)
+	if err := im.job.waitRateLimit(im.ctx, im.repo, ref); err != nil {
+		return nil, "", v1.Hash{}, err
+	}
+	var b []byte
+	var desc v1.Descriptor
+	err := im.job.patiently(im.ctx, "manifest", func() (err error) {
+		b, desc, err = im.job.opts.Upstream.Manifest(im.ctx, im.repo, ref)
+		return err
+	})
 	if err != nil {
 		return nil, "", v1.Hash{}, err
 	}
@@ -228,7 +236,12 @@ func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
 	if off > 0 {
 		im.job.log.Info("resuming an interrupted blob download", "repo", im.key, "digest", desc.Digest, "from", off)
 	}
-	body, size, err := im.job.opts.Upstream.Blob(im.ctx, im.repo, desc.Digest, off, desc.Size)
+	var body io.ReadCloser
+	var size int64
+	err := im.job.patiently(im.ctx, "blob", func() (err error) {
+		body, size, err = im.job.opts.Upstream.Blob(im.ctx, im.repo, desc.Digest, off, desc.Size)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -277,7 +290,11 @@ func (pr *progressReader) Read(b []byte) (int, error) {
 // referrers stages the manifests whose subject is d (signatures, SBOMs,
 // attestations) with their blobs, all platforms.
 func (im *image) referrers(d v1.Hash) error {
-	descs, err := im.job.opts.Upstream.Referrers(im.ctx, im.repo, d)
+	var descs []v1.Descriptor
+	err := im.job.patiently(im.ctx, "referrers", func() (err error) {
+		descs, err = im.job.opts.Upstream.Referrers(im.ctx, im.repo, d)
+		return err
+	})
 	if err != nil {
 		return err
 	}

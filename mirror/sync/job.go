@@ -48,9 +48,18 @@ type Options struct {
 	Window       Window   // nil: transfers at any time
 	Parallel     int      // blobs downloaded at once; default 3
 	Progress     Progress // nil: nobody watches
-	Now          func() time.Time
-	Logger       *slog.Logger
-	Metrics      *Metrics // nil: not counted
+	// RateLimitMin is the pull allowance (RateLimit-Remaining, as Docker
+	// Hub sends it) kept in reserve: below it the job pauses for
+	// RateLimitRetry (default 15m) and looks again, as regsync's
+	// ratelimit.min does. Default 10; negative: never pause.
+	RateLimitMin   int64
+	RateLimitRetry time.Duration
+	// MaxWait caps how long a Retry-After is honoured before giving up on
+	// the request; default 15m.
+	MaxWait time.Duration
+	Now     func() time.Time
+	Logger  *slog.Logger
+	Metrics *Metrics // nil: not counted
 }
 
 // Progress hears of a job's blob downloads (`outpost sync` draws bars
@@ -87,6 +96,15 @@ func NewJob(opts Options) (*Job, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.RateLimitMin == 0 {
+		opts.RateLimitMin = 10
+	}
+	if opts.RateLimitRetry <= 0 {
+		opts.RateLimitRetry = 15 * time.Minute
+	}
+	if opts.MaxWait <= 0 {
+		opts.MaxWait = 15 * time.Minute
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -202,7 +220,11 @@ func (j *Job) repositories(ctx context.Context) ([]string, error) {
 // cosign tags (sha256-<hex>.sig/.att/.sbom) of what they point at when
 // referrers are wanted.
 func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable map[string]string) error {
-	all, err := j.opts.Upstream.Tags(ctx, repo)
+	var all []string
+	err := j.patiently(ctx, "tags", func() (err error) {
+		all, err = j.opts.Upstream.Tags(ctx, repo)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -255,7 +277,11 @@ func isSigTag(tag string) bool {
 // syncTag brings repo:tag up to date and returns the digest it points at.
 func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resumable map[string]string) (v1.Hash, error) {
 	key := j.opts.Registry + "/" + repo
-	head, err := j.opts.Upstream.Head(ctx, repo, tag)
+	var head v1.Descriptor
+	err := j.patiently(ctx, "head", func() (err error) {
+		head, err = j.opts.Upstream.Head(ctx, repo, tag)
+		return err
+	})
 	if err != nil {
 		return v1.Hash{}, err
 	}
