@@ -13,6 +13,7 @@ const (
 	prefixRepo     = "r/" // r/<repo> → empty: the repository exists (for the catalog)
 	prefixReferrer = "x/" // x/<repo>\0<subject>\0<referrer> → v1.Descriptor of the referrer
 	prefixAccess   = "a/" // a/<digest> → last access, unix seconds rounded to the hour
+	prefixPin      = "p/" // p/<owner>\0<repo>\0<tag> → pinMeta: what the owner keeps
 	keyVersion     = "v"  // schema version
 	schemaVersion  = "1"
 )
@@ -31,6 +32,11 @@ func referrerPrefix(repo, subject string) []byte {
 }
 func referrerKey(repo, subject, referrer string) []byte {
 	return append(referrerPrefix(repo, subject), referrer...)
+}
+
+func pinPrefix(owner string) []byte { return []byte(prefixPin + owner + "\x00") }
+func pinKey(owner, repo, tag string) []byte {
+	return append(pinPrefix(owner), repo+"\x00"+tag...)
 }
 
 // lastPart returns what follows the final NUL of a key.

@@ -70,6 +70,17 @@ type mirrors struct {
 }
 
 func startMirrors(schedules []msync.Schedule, a *app) *mirrors {
+	// Pins of mirrors taken out of the config go: that content becomes
+	// ordinary cache content.
+	names := make([]string, len(schedules))
+	for i, s := range schedules {
+		names[i] = s.Job.Name()
+	}
+	if n, err := msync.DropPinsExcept(a.store, names); err != nil {
+		a.log.Warn("cannot drop the pins of removed mirrors", "err", err)
+	} else if n > 0 {
+		a.log.Info("unpinned the tags of mirrors no longer configured", "tags", n)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &mirrors{sched: msync.NewScheduler(schedules, mirrorFirstRun, a.log.With("component", "sync")), cancel: cancel, done: make(chan struct{})}
 	go func() {

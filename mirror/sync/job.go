@@ -179,17 +179,23 @@ func (j *Job) run(ctx context.Context, dry bool) (*Report, error) {
 		return finish(err)
 	}
 	resumable := j.interrupted()
+	selected := map[string]bool{} // registry/repo:tag this run selected
+	complete := true              // every repository's tags were listed
 	for _, repo := range repos {
-		if err := j.syncRepo(ctx, repo, rep, resumable); err != nil {
+		if err := j.syncRepo(ctx, repo, rep, resumable, selected); err != nil {
 			if ctx.Err() != nil {
 				return finish(ctx.Err())
 			}
+			complete = false
 			rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %v", repo, err))
 			j.log.Warn("repository not synced", "repo", repo, "err", err)
 		}
 	}
 	if !dry {
 		j.abortLeftovers(resumable)
+		if complete {
+			j.unpinUnselected(selected)
+		}
 	}
 	return finish(nil)
 }
@@ -219,7 +225,7 @@ func (j *Job) repositories(ctx context.Context) ([]string, error) {
 // syncRepo syncs the selected tags of one repository, and with them the
 // cosign tags (sha256-<hex>.sig/.att/.sbom) of what they point at when
 // referrers are wanted.
-func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable map[string]string) error {
+func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable map[string]string, selected map[string]bool) error {
 	var all []string
 	err := j.patiently(ctx, "tags", func() (err error) {
 		all, err = j.opts.Upstream.Tags(ctx, repo)
@@ -233,7 +239,9 @@ func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable 
 		tags = j.opts.Tags.Select(all)
 	}
 	digests := map[string]bool{}
+	key := j.opts.Registry + "/" + repo
 	for _, tag := range tags {
+		selected[key+":"+tag] = true
 		d, err := j.syncTag(ctx, repo, tag, rep, resumable)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -253,6 +261,7 @@ func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable 
 		if !ok || !isSigTag(tag) || !digests[strings.Replace(base, "-", ":", 1)] {
 			continue
 		}
+		selected[key+":"+tag] = true
 		if _, err := j.syncTag(ctx, repo, tag, rep, resumable); err != nil {
 			if ctx.Err() != nil {
 				return err
@@ -293,6 +302,9 @@ func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resuma
 				rep.Unchanged++
 				if !rep.DryRun {
 					st.ConfirmTag(key, tag, d, j.opts.Now())
+					if err := st.EnsurePin(j.owner(), key, tag, d); err != nil {
+						return d, err
+					}
 				}
 				return d, nil
 			}
@@ -329,6 +341,7 @@ func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resuma
 		return v1.Hash{}, err
 	}
 	sess.Tag(key, tag, d)
+	sess.Pin(j.owner(), key, tag, d)
 	if err := sess.Commit(); err != nil {
 		return v1.Hash{}, fmt.Errorf("promoting: %w", err)
 	}
@@ -340,6 +353,51 @@ func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resuma
 	j.opts.Metrics.image(j.opts.Name)
 	j.log.Info("image synced", "repo", key, "tag", tag, "digest", d)
 	return d, nil
+}
+
+// owner names the job's pins.
+func (j *Job) owner() string { return "mirror:" + j.opts.Name }
+
+// unpinUnselected drops the job's pins of tags it no longer selects (a
+// changed filter, a tag gone upstream): their images become ordinary cache
+// content.
+func (j *Job) unpinUnselected(selected map[string]bool) {
+	pins, err := j.opts.Store.Pins(j.owner())
+	if err != nil {
+		j.log.Warn("cannot list the mirror's pins", "err", err)
+		return
+	}
+	var drop []store.Pin
+	for _, p := range pins {
+		if !selected[p.Repo+":"+p.Tag] {
+			drop = append(drop, p)
+		}
+	}
+	if err := j.opts.Store.Unpin(drop); err != nil {
+		j.log.Warn("cannot drop the mirror's old pins", "err", err)
+	} else if len(drop) > 0 {
+		j.log.Info("unpinned tags the mirror no longer selects", "tags", len(drop))
+	}
+}
+
+// DropPinsExcept removes the pins of mirror jobs not among names (a
+// mirror taken out of the config), at serve start and on reload.
+func DropPinsExcept(st *store.Store, names []string) (int, error) {
+	pins, err := st.Pins("")
+	if err != nil {
+		return 0, err
+	}
+	keep := map[string]bool{}
+	for _, n := range names {
+		keep["mirror:"+n] = true
+	}
+	var drop []store.Pin
+	for _, p := range pins {
+		if strings.HasPrefix(p.Owner, "mirror:") && !keep[p.Owner] {
+			drop = append(drop, p)
+		}
+	}
+	return len(drop), st.Unpin(drop)
 }
 
 // missing counts the blobs (and their bytes) of stored manifest d and its

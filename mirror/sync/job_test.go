@@ -311,6 +311,42 @@ func TestSyncSelectsAndSecondRunDownloadsNothing(t *testing.T) {
 	if got := countContaining(reqs, "HEAD", "/manifests/"); got != 3 {
 		t.Errorf("second run: %d manifest HEADs, want 3", got)
 	}
+
+	// Every mirrored tag is pinned; one the filter no longer selects loses
+	// its pin, and a mirror taken out of the config loses all of them.
+	pinned := func() map[string]v1.Hash {
+		pins, err := st.Pins("mirror:test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]v1.Hash{}
+		for _, p := range pins {
+			m[p.Repo+":"+p.Tag] = p.Digest
+		}
+		return m
+	}
+	got := pinned()
+	if len(got) != 3 {
+		t.Errorf("pins %v, want the 3 mirrored tags", got)
+	}
+	for ref, c := range want {
+		if got[ref] != c.manifests[0] {
+			t.Errorf("pin of %s: %v, want %s", ref, got[ref], c.manifests[0])
+		}
+	}
+	narrower := newJob(t, newMirror(t, u), st, []string{"org/**"}, func(o *msync.Options) {
+		o.Tags = mustFilter(t, []string{`^v?[0-9]+\.[0-9]+`}, []string{`-rc`}, ">=1.0.0 <3.0.0", 1)
+		o.Platforms = arm
+	})
+	if rep, err := narrower.Run(context.Background()); err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	if got := pinned(); len(got) != 2 || got["registry.test/org/app:v1.1.0"].Hex != "" {
+		t.Errorf("pins after narrowing the filter: %v", got)
+	}
+	if n, err := msync.DropPinsExcept(st, []string{"other"}); err != nil || n != 2 || len(pinned()) != 0 {
+		t.Errorf("dropping the pins of a removed mirror: %d %v, left %v", n, err, pinned())
+	}
 }
 
 func TestMovedTagKeepsOldImageUntilNewIsComplete(t *testing.T) {
