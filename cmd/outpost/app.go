@@ -37,6 +37,7 @@ type app struct {
 	cfg       *configs.Config
 	upstreams []*mirror.Upstream
 	mirrors   *mirrors // nil until run starts them
+	started   time.Time
 }
 
 // start opens the store and builds everything but the listeners.
@@ -182,6 +183,7 @@ func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
 	}
 	a.mu.Lock()
 	a.mirrors = startMirrors(jobs, a)
+	a.started = time.Now()
 	attrs := []any{"address", ln.Addr().String(), "storage", a.cfg.Storage.Root, "upstreams", len(a.upstreams),
 		"mirrors", len(jobs), "version", version}
 	a.mu.Unlock()
@@ -226,6 +228,7 @@ func (a *app) adminHandler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /status", a.serveStatus)
 	mux.HandleFunc("GET /mirrors", a.serveMirrorStatus)
 	mux.HandleFunc("POST /mirrors/{name}/run", a.serveMirrorRun)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })

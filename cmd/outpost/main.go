@@ -54,6 +54,7 @@ func newCLI() *cli.App {
 				},
 			},
 			syncCommand(),
+			statusCommand(),
 			serviceCommand(),
 			{
 				Name:  "version",

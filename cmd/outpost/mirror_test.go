@@ -84,6 +84,17 @@ func TestMirrorInServeServesOffline(t *testing.T) {
 	if !strings.Contains(string(b), `"mirror": "edge"`) || !strings.Contains(string(b), `"images": 2`) {
 		t.Errorf("GET /mirrors: %s", b)
 	}
+	cfgPath := filepath.Join(t.TempDir(), "outpost.yaml")
+	os.WriteFile(cfgPath, []byte(strings.ReplaceAll(mirrorConfig(up, o.admin), "%ROOT%", o.root)), 0o600)
+	var out bytes.Buffer
+	if err := runStatus(context.Background(), cfgPath, false, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"UPSTREAM", "docker.io", "edge", "2 new, 0 same", "ok"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("outpost status lacks %q:\n%s", want, out.String())
+		}
+	}
 	families := o.scrape(t)
 	if v := value(families, "outpost_mirror_images_synced_total", map[string]string{"mirror": "edge"}); v != 2 {
 		t.Errorf("outpost_mirror_images_synced_total = %v, want 2", v)

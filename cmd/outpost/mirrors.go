@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -108,7 +109,7 @@ func (a *app) serveMirrorStatus(w http.ResponseWriter, _ *http.Request) {
 	if m != nil {
 		status = m.sched.Status()
 	}
-	slices.SortFunc(status, func(x, y msync.Status) int { return compareStrings(x.Mirror, y.Mirror) })
+	slices.SortFunc(status, func(x, y msync.Status) int { return strings.Compare(x.Mirror, y.Mirror) })
 	writeJSON(w, http.StatusOK, map[string]any{"mirrors": status})
 }
 
@@ -152,14 +153,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -147,10 +147,7 @@ func syncViaServe(ctx context.Context, cfg *configs.Config, names []string, dry 
 		return cli.Exit("outpost sync: outpost serve is running on "+cfg.Storage.Root+
 			"; set admin.address in the config so that outpost sync can ask it to run the jobs", 2)
 	}
-	host := cfg.Admin.Address
-	if strings.HasPrefix(host, ":") {
-		host = "127.0.0.1" + host
-	}
+	host := adminHost(cfg.Admin.Address)
 	fmt.Fprintf(stdout, "outpost serve holds the store; asking it (%s) to run the jobs\n", host)
 	failed := 0
 	for _, name := range names {
