@@ -68,6 +68,8 @@ func BenchmarkPullThroughCache(b *testing.B) {
 	res := &results{start: time.Now(), placeholder: placeholder, hotDuration: hotDur, rounds: rounds, loadStart: loadAvg(), versions: map[string]string{
 		"registry": versionOf(registryBin, "--version"),
 		"nginx":    versionOf(nginxBin, "-v"),
+		"skopeo":   versionOf(testenv.RequireTool(b, "skopeo"), "--version"),
+		"regsync":  versionOf(testenv.RequireTool(b, "regsync"), "version"),
 	}}
 
 	// Build Outpost before anything runs so compilation doesn't overlap the load.
@@ -106,6 +108,7 @@ func BenchmarkPullThroughCache(b *testing.B) {
 		}
 		measure(ctx, b, res, c, servers, fresh)
 		measureUplink(ctx, b, res, c, dir, upURL, placeholder)
+		measureMirror(ctx, b, res, c, dir, upURL, placeholder)
 		res.elapsed = time.Since(res.start)
 		res.loadEnd = loadAvg()
 	}
