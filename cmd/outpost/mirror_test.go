@@ -285,3 +285,114 @@ func (w *countingWriter) Flush() {
 		f.Flush()
 	}
 }
+
+// SIGKILL at many points of a sync (during blob downloads, between blobs
+// and manifests, during promotion): after every restart no tag points at
+// anything missing and .sync holds only this mirror's resumable work; the
+// runs after the kills complete the mirror.
+func TestKillsAtManyPointsOfASync(t *testing.T) {
+	up := newUpstream(t)
+	var wantTags []string
+	for i := range 4 {
+		tag := fmt.Sprintf("v%d", i)
+		up.push("org/app", tag, randomImage(t, 256<<10, 3))
+		wantTags = append(wantTags, tag)
+	}
+	up.setFault(faultSlow) // 300 ms before each blob, then 64 KiB every 20 ms
+	admin := freePort(t)
+	cfg := strings.Replace(mirrorConfig(up, admin), "platforms: [linux/arm64]\n", "", 1)
+	root := t.TempDir()
+	p, cfgPath := startProcess(t, cfg, root)
+	for i, after := range []time.Duration{150, 400, 700, 1000, 1300, 1700, 2200} {
+		if i > 0 {
+			p = restartProcess(t, cfgPath, root)
+		}
+		go http.Post("http://"+admin+"/mirrors/edge/run", "", nil)
+		time.Sleep(after * time.Millisecond)
+		p.cmd.Process.Kill()
+		p.wait(t, 5*time.Second)
+
+		st, err := store.Open(root, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.CheckInvariants(); err != nil {
+			t.Errorf("kill %d after %dms: %v", i, after, err)
+		}
+		for _, tag := range wantTags {
+			if tg, err := st.Tag("docker.io/org/app", tag); err == nil {
+				if n, err := missingBlobs(st, tg.Digest); err != nil || n > 0 {
+					t.Errorf("kill %d: tag %s visible with %d blob(s) missing (%v)", i, tag, n, err)
+				}
+			}
+		}
+		st.Close()
+		entries, _ := os.ReadDir(filepath.Join(root, ".sync"))
+		if len(entries) > len(wantTags) {
+			t.Errorf("kill %d: .sync holds %d sessions, more than the %d images", i, len(entries), len(wantTags))
+		}
+	}
+	up.setFault(faultNone)
+	p = restartProcess(t, cfgPath, root)
+	rep := runMirror(t, admin, "edge")
+	if rep["failed"] != nil {
+		t.Fatalf("the run after the kills: %v", rep)
+	}
+	for _, tag := range wantTags {
+		if code, _ := p.get(t, "/v2/org/app/manifests/"+tag); code != http.StatusOK {
+			t.Errorf("%s after the kills and a full run: %d", tag, code)
+		}
+	}
+	p.cmd.Process.Kill()
+	p.wait(t, 5*time.Second)
+	if entries, _ := os.ReadDir(filepath.Join(root, ".sync")); len(entries) != 0 {
+		t.Errorf(".sync holds %d sessions after a complete run", len(entries))
+	}
+}
+
+// missingBlobs counts the blobs of stored image manifest d the store lacks.
+func missingBlobs(st *store.Store, d v1.Hash) (int, error) {
+	m, f, err := st.OpenManifest(d)
+	if err != nil {
+		return 1, err
+	}
+	b := m.Bytes
+	if f != nil {
+		defer f.Close()
+		if b, err = io.ReadAll(f); err != nil {
+			return 1, err
+		}
+	}
+	var man v1.Manifest
+	if err := json.Unmarshal(b, &man); err != nil {
+		return 1, err
+	}
+	n := 0
+	for _, desc := range append([]v1.Descriptor{man.Config}, man.Layers...) {
+		if !st.HasBlob(desc.Digest) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// A mirror job against an upstream that has stopped answering does not
+// slow what the box serves from its store.
+func TestHangingSyncDoesNotStallServing(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 64<<10, 1)
+	d := up.push("org/app", "v1", img)
+	up.push("org/app", "v2", randomImage(t, 64<<10, 1))
+	o := startOutpost(t, mirrorConfig(up, "127.0.0.1:0"), "")
+	pullAll(t, o.ref(t, "org/app@"+d.String()))
+	up.setFault(faultHang)
+	go http.Post("http://"+o.admin+"/mirrors/edge/run", "", nil)
+	time.Sleep(200 * time.Millisecond) // the job is waiting on upstream now
+	for range 20 {
+		start := time.Now()
+		pullAll(t, o.ref(t, "org/app@"+d.String()))
+		if el := time.Since(start); el > 500*time.Millisecond {
+			t.Fatalf("a cached pull took %v while a sync hung on upstream", el)
+		}
+	}
+}

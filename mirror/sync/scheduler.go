@@ -125,6 +125,8 @@ func (s *Scheduler) runOnce(ctx context.Context, j *scheduled) (*Report, error) 
 	j.running, j.last, j.lastErr = false, rep, err
 	s.mu.Unlock()
 	switch {
+	case err != nil && ctx.Err() != nil:
+		log.Info("mirror run stopped; what it fetched is kept for the next run")
 	case err != nil:
 		log.Error("mirror run failed", "err", err)
 	case rep.Err() != nil:
