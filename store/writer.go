@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -36,6 +37,9 @@ type BlobWriter struct {
 	promised  int64 // bytes counted in the store's promised space
 	finished  bool
 	finishErr error
+	// hasFailed mirrors finished && finishErr != nil for readers that hold
+	// the session's mu, which must not take mu (the lock order above).
+	hasFailed atomic.Bool
 }
 
 // Blob starts writing content d of the given size (-1 if not yet known)
@@ -345,6 +349,7 @@ func (w *BlobWriter) abandon(err error, keep bool) {
 // fail ends the write with err. Under mu.
 func (w *BlobWriter) fail(err error, remove bool) {
 	w.finished, w.finishErr = true, err
+	w.hasFailed.Store(err != nil)
 	w.promise()
 	w.in.fail(err) // before the file goes: a follower joining now gets err, not ENOENT
 	w.ss.s.unregister(w.want.String(), w.in)
@@ -353,11 +358,7 @@ func (w *BlobWriter) fail(err error, remove bool) {
 	}
 }
 
-func (w *BlobWriter) failed() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.finished && w.finishErr != nil
-}
+func (w *BlobWriter) failed() bool { return w.hasFailed.Load() }
 
 func (w *BlobWriter) finishedErr() error {
 	if w.finishErr != nil {

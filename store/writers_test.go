@@ -341,3 +341,36 @@ func TestManifestLinksChildrenAndIsShared(t *testing.T) {
 		t.Errorf("removed manifest still served: %v", err)
 	}
 }
+
+// Asking a session for a blob it is writing while another goroutine closes
+// that writer is refused, never a deadlock (Blob holds the session's lock,
+// Close the writer's, then the session's).
+func TestBlobWhileItsWriterCloses(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	for i := range 200 {
+		blob := randomBytes(t, 1000+i)
+		d := digestOf(blob)
+		sess, _ := s.Begin(KindSync, "job")
+		w, _, err := sess.Blob(d, int64(len(blob)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(blob)
+		closed := make(chan error, 1)
+		go func() { closed <- w.Close() }()
+		again := make(chan error, 1)
+		go func() {
+			_, _, err := sess.Blob(d, int64(len(blob)))
+			again <- err
+		}()
+		for _, ch := range []chan error{closed, again} {
+			select {
+			case <-ch:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: deadlock between Blob and Close", i)
+			}
+		}
+		sess.Abort()
+	}
+}

@@ -27,7 +27,8 @@ type image struct {
 
 	mu         stdsync.Mutex // rep's counters, from parallel blob downloads
 	downloaded int           // manifests and blobs fetched for this image
-	staged     map[v1.Hash]bool
+	staged     map[v1.Hash]bool // manifests staged
+	blobSeen   map[v1.Hash]bool // blobs stored or staged by this image (a layer may repeat)
 }
 
 // sync stages the manifest tag points at (d, or whatever upstream says
@@ -150,9 +151,13 @@ func (im *image) blobs(descs []v1.Descriptor) error {
 	var mu stdsync.Mutex
 	var first error
 	for _, desc := range descs {
-		if im.job.opts.Store.HasBlob(desc.Digest) {
+		if im.blobSeen[desc.Digest] || im.job.opts.Store.HasBlob(desc.Digest) {
 			continue
 		}
+		if im.blobSeen == nil {
+			im.blobSeen = map[v1.Hash]bool{}
+		}
+		im.blobSeen[desc.Digest] = true
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {

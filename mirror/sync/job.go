@@ -333,8 +333,8 @@ func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resuma
 	img := &image{job: j, ctx: ctx, sess: sess, repo: repo, key: key, rep: rep}
 	d, err = img.sync(tag, d)
 	if err != nil {
-		if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) {
-			sess.Abort()
+		if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, store.ErrNoSpace) {
+			sess.Abort() // nothing worth keeping, or no room to keep it
 		} else {
 			sess.Close() // keep what arrived: the next run resumes it
 		}

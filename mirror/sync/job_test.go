@@ -496,3 +496,46 @@ func TestTagFilter(t *testing.T) {
 		t.Error("a bad regular expression was accepted")
 	}
 }
+
+// An image that names one layer twice (old Docker images repeat the empty
+// layer) and an index whose children share a layer sync like any other.
+func TestRepeatedLayers(t *testing.T) {
+	u := newUpstream(t)
+	layer, err := random.Layer(64<<10, types.DockerLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.pushImage(t, "app", "twice", img)
+	other, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ = mutate.Config(other, v1.Config{Env: []string{"X=1"}})
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &platforms[0]}},
+		mutate.IndexAddendum{Add: other, Descriptor: v1.Descriptor{Platform: &platforms[1]}})
+	ref, _ := name.ParseReference(u.host()+"/app:shared", name.Insecure)
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	u.take()
+	rep, err := newJob(t, newMirror(t, u), st, []string{"app"}).Run(context.Background())
+	// The index comes first and brings the image that "twice" names too.
+	if err != nil || rep.Err() != nil || rep.Images+rep.Unchanged != 2 {
+		t.Fatalf("%v %v %+v", err, rep.Err(), rep)
+	}
+	for _, tag := range []string{"twice", "shared"} {
+		if _, err := st.Tag("registry.test/app", tag); err != nil {
+			t.Errorf("tag %s: %v", tag, err)
+		}
+	}
+	if n := countContaining(u.take(), "GET", "/blobs/"+digestOf(t, layer).String()); n != 1 {
+		t.Errorf("the shared layer was downloaded %d times", n)
+	}
+}
