@@ -25,8 +25,8 @@ type image struct {
 	key  string // the store's: registry/repo
 	rep  *Report
 
-	mu         stdsync.Mutex // rep's counters, from parallel blob downloads
-	downloaded int           // manifests and blobs fetched for this image
+	mu         stdsync.Mutex    // rep's counters, from parallel blob downloads
+	downloaded int              // manifests and blobs fetched for this image
 	staged     map[v1.Hash]bool // manifests staged
 	blobSeen   map[v1.Hash]bool // blobs stored or staged by this image (a layer may repeat)
 }
