@@ -26,6 +26,7 @@ var mirrorFirstRun = 30 * time.Second
 // (ups[i] is cfg.Upstreams[i]).
 func buildJobs(cfg *configs.Config, ups []*mirror.Upstream, st *store.Store, metrics *msync.Metrics, a *app, progress msync.Progress) ([]msync.Schedule, error) {
 	var out []msync.Schedule
+	slots := map[int]chan struct{}{} // per upstream, shared by its jobs
 	for _, m := range cfg.Mirrors {
 		i := slices.IndexFunc(cfg.Upstreams, func(u configs.Upstream) bool {
 			return configs.CanonicalName(u.Name) == configs.CanonicalName(m.Upstream)
@@ -45,6 +46,16 @@ func buildJobs(cfg *configs.Config, ups []*mirror.Upstream, st *store.Store, met
 			}
 			platforms = append(platforms, *pl)
 		}
+		if slots[i] == nil {
+			n := cfg.Upstreams[i].MaxFills
+			if n <= 0 {
+				n = cfg.Fills.PerUpstream
+			}
+			if n <= 0 {
+				n = 8 // the cache's default
+			}
+			slots[i] = make(chan struct{}, n)
+		}
 		var window msync.Window
 		if !m.Window.IsZero() {
 			window = m.Window
@@ -52,7 +63,7 @@ func buildJobs(cfg *configs.Config, ups []*mirror.Upstream, st *store.Store, met
 		job, err := msync.NewJob(msync.Options{
 			Name: m.Name, Upstream: ups[i], Registry: configs.CanonicalName(cfg.Upstreams[i].Name), Store: st,
 			Repositories: m.Repositories, Tags: filter, Platforms: platforms, Referrers: m.Referrers,
-			Bandwidth: int64(m.Bandwidth), Window: window,
+			Bandwidth: int64(m.Bandwidth), Window: window, Slots: slots[i],
 			Logger: a.log.With("component", "sync"), Metrics: metrics, Progress: progress,
 		})
 		if err != nil {

@@ -234,6 +234,14 @@ func (im *image) await(p *store.Pending, d v1.Hash) error {
 // download fetches the blob into w from where a resumed part file stops,
 // under the job's bandwidth cap and window.
 func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
+	if slots := im.job.opts.Slots; slots != nil {
+		select {
+		case slots <- struct{}{}:
+			defer func() { <-slots }()
+		case <-im.ctx.Done():
+			return im.ctx.Err()
+		}
+	}
 	off := w.Written()
 	if desc.Size >= 0 && off == desc.Size {
 		return w.Close() // complete before the interruption: verify it

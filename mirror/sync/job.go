@@ -43,11 +43,15 @@ type Options struct {
 	Repositories []string   // exact names and patterns ("org/**", matched against the catalog)
 	Tags         *TagFilter // nil: every tag
 	Platforms    []v1.Platform
-	Referrers    bool     // bring signatures and attestations along
-	Bandwidth    int64    // bytes per second for blob downloads; 0: no cap
-	Window       Window   // nil: transfers at any time
-	Parallel     int      // blobs downloaded at once; default 3
-	Progress     Progress // nil: nobody watches
+	Referrers    bool   // bring signatures and attestations along
+	Bandwidth    int64  // bytes per second for blob downloads; 0: no cap
+	Window       Window // nil: transfers at any time
+	Parallel     int    // blobs downloaded at once; default 3
+	// Slots bounds blob downloads from this upstream across every job that
+	// shares it (a buffered channel: one send per download); nil: no bound
+	// beyond Parallel.
+	Slots    chan struct{}
+	Progress Progress // nil: nobody watches
 	// RateLimitMin is the pull allowance (RateLimit-Remaining, as Docker
 	// Hub sends it) kept in reserve: below it the job pauses for
 	// RateLimitRetry (default 15m) and looks again, as regsync's

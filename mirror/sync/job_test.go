@@ -40,7 +40,7 @@ type upstream struct {
 }
 
 func newUpstream(t *testing.T) *upstream {
-	u := &upstream{reg: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+	u := &upstream{reg: registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true))}
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		line := r.Method + " " + r.URL.Path
@@ -537,5 +537,54 @@ func TestRepeatedLayers(t *testing.T) {
 	}
 	if n := countContaining(u.take(), "GET", "/blobs/"+digestOf(t, layer).String()); n != 1 {
 		t.Errorf("the shared layer was downloaded %d times", n)
+	}
+}
+
+// With referrers wanted, an image's OCI referrers (a signature here) and
+// its cosign tag come along; without, they do not.
+func TestReferrersComeAlong(t *testing.T) {
+	for _, want := range []bool{true, false} {
+		u := newUpstream(t)
+		img, err := random.Image(1024, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img = mutate.MediaType(img, types.OCIManifestSchema1)
+		u.pushImage(t, "app", "v1", img)
+		d := digestOf(t, img)
+		size, _ := img.Size()
+		mt, _ := img.MediaType()
+		sig, err := random.Image(256, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig = mutate.MediaType(sig, types.OCIManifestSchema1)
+		sig = mutate.Subject(sig, v1.Descriptor{MediaType: mt, Size: size, Digest: d}).(v1.Image)
+		sigRef, _ := name.ParseReference(u.host()+"/app@"+digestOf(t, sig).String(), name.Insecure)
+		if err := remote.Write(sigRef, sig); err != nil {
+			t.Fatal(err)
+		}
+		cosign, _ := random.Image(128, 1)
+		cosignTag := "sha256-" + d.Hex + ".sig"
+		u.pushImage(t, "app", cosignTag, cosign)
+
+		st := openStore(t, t.TempDir())
+		job := newJob(t, newMirror(t, u), st, []string{"app"}, func(o *msync.Options) {
+			o.Referrers = want
+			o.Tags = mustFilter(t, []string{`^v`}, nil, "", 0)
+		})
+		if rep, err := job.Run(context.Background()); err != nil || rep.Err() != nil {
+			t.Fatal(err, rep.Err())
+		}
+		refs, _ := st.Referrers("registry.test/app", d)
+		_, cosignErr := st.Tag("registry.test/app", cosignTag)
+		if got := st.HasManifest(digestOf(t, sig)) && len(refs) == 1 && cosignErr == nil; got != want {
+			t.Errorf("referrers %v: signature stored %v, referrers %v, cosign tag %v", want,
+				st.HasManifest(digestOf(t, sig)), refs, cosignErr)
+		}
+		if want && st.HasManifest(digestOf(t, cosign)) == false {
+			t.Error("the cosign signature's manifest is not stored")
+		}
+		st.Close()
 	}
 }

@@ -303,3 +303,49 @@ func TestSchedulerIntervalAndJitter(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 }
+
+// Jobs of one upstream share its download slots.
+func TestUpstreamSlotsBoundDownloads(t *testing.T) {
+	u := newUpstream(t)
+	for _, tag := range []string{"a", "b"} {
+		img, err := random.Image(64<<10, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.pushImage(t, "app"+tag, "v1", img)
+	}
+	var now, peak atomic.Int32
+	u.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			n := now.Add(1)
+			defer now.Add(-1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	})
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	up := newMirror(t, u)
+	slots := make(chan struct{}, 2)
+	var wg stdsync.WaitGroup
+	for _, repo := range []string{"appa", "appb"} {
+		job := newJob(t, up, st, []string{repo}, func(o *msync.Options) { o.Name = repo; o.Slots = slots; o.Parallel = 3 })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if rep, err := job.Run(context.Background()); err != nil || rep.Err() != nil {
+				t.Error(err, rep.Err())
+			}
+		}()
+	}
+	wg.Wait()
+	if p := peak.Load(); p != 2 {
+		t.Errorf("at most %d blob downloads at once, want the 2 slots used and never more", p)
+	}
+}
