@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/outpost-oci/outpost/configs"
 	"github.com/outpost-oci/outpost/store"
 )
 
@@ -395,4 +396,38 @@ func TestHangingSyncDoesNotStallServing(t *testing.T) {
 			t.Fatalf("a cached pull took %v while a sync hung on upstream", el)
 		}
 	}
+}
+
+// serve runs the mirrors by itself (the first run within mirrorFirstRun of
+// the start), and a reload replaces the jobs with the new config's.
+func TestServeRunsMirrorsAndReloadReplacesThem(t *testing.T) {
+	old := mirrorFirstRun
+	mirrorFirstRun = 100 * time.Millisecond
+	defer func() { mirrorFirstRun = old }()
+	up := newUpstream(t)
+	up.push("org/app", "v1", multiArch(t))
+	up.push("org/tool", "v1", randomImage(t, 1024, 1))
+	o := startOutpost(t, mirrorConfig(up, "127.0.0.1:0"), "")
+	waitFor(t, func() bool {
+		code, _, _ := o.get(t, "HEAD", "/v2/org/app/manifests/v1")
+		return code == http.StatusOK && len(o.app.status().Mirrors) == 1 && o.app.status().Mirrors[0].Last != nil
+	})
+	cfg, err := configsParse(strings.ReplaceAll(strings.Replace(mirrorConfig(up, "127.0.0.1:0"), "name: edge", "name: tools", 1), "org/app", "org/tool"), o.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.app.reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		st := o.app.status()
+		return len(st.Mirrors) == 1 && st.Mirrors[0].Mirror == "tools" && st.Mirrors[0].Last != nil
+	})
+	if pins, _ := o.app.store.Pins(""); len(pins) != 1 || pins[0].Owner != "mirror:tools" {
+		t.Errorf("pins after the reload: %+v, want only the new mirror's", pins)
+	}
+}
+
+func configsParse(yaml, root string) (*configs.Config, error) {
+	return configs.Parse("test.yaml", []byte(strings.ReplaceAll(yaml, "%ROOT%", root)))
 }
