@@ -10,10 +10,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"path"
 	"path/filepath"
 	"strings"
@@ -40,25 +37,11 @@ type counter struct {
 }
 
 func startCounter(tb testing.TB, target string) *counter {
-	tb.Helper()
-	u, err := url.Parse(target)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	c := &counter{url: "http://" + ln.Addr().String()}
-	proxy := httputil.NewSingleHostReverseProxy(u)
-	proxy.ModifyResponse = func(resp *http.Response) error {
+	c := &counter{}
+	c.url = serveProxy(tb, target, func(resp *http.Response) {
 		c.requests.Add(1)
 		resp.Body = &countedBody{ReadCloser: resp.Body, n: &c.bytes}
-		return nil
-	}
-	srv := &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	tb.Cleanup(func() { srv.Close() })
+	})
 	return c
 }
 

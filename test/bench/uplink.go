@@ -46,6 +46,15 @@ func measureUplink(ctx context.Context, b *testing.B, res *results, c *corpus, d
 // startThrottle serves a reverse proxy to target whose response bodies
 // share one paced link of bytesPerSec.
 func startThrottle(tb testing.TB, target string, bytesPerSec float64) string {
+	p := &pacer{rate: bytesPerSec}
+	return serveProxy(tb, target, func(resp *http.Response) {
+		resp.Body = &pacedBody{ReadCloser: resp.Body, p: p}
+	})
+}
+
+// serveProxy serves a reverse proxy to target on loopback, with modify
+// applied to every response, until the test ends; it returns its URL.
+func serveProxy(tb testing.TB, target string, modify func(*http.Response)) string {
 	tb.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
@@ -55,10 +64,9 @@ func startThrottle(tb testing.TB, target string, bytesPerSec float64) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p := &pacer{rate: bytesPerSec}
 	proxy := httputil.NewSingleHostReverseProxy(u)
 	proxy.ModifyResponse = func(resp *http.Response) error {
-		resp.Body = &pacedBody{ReadCloser: resp.Body, p: p}
+		modify(resp)
 		return nil
 	}
 	srv := &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}
