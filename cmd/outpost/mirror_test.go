@@ -431,3 +431,37 @@ func TestServeRunsMirrorsAndReloadReplacesThem(t *testing.T) {
 func configsParse(yaml, root string) (*configs.Config, error) {
 	return configs.Parse("test.yaml", []byte(strings.ReplaceAll(yaml, "%ROOT%", root)))
 }
+
+// A pull-through fill and a mirror run of the same blob at the same time
+// download it once.
+func TestFillAndSyncShareOneDownload(t *testing.T) {
+	up := newUpstream(t)
+	img := randomImage(t, 1<<20, 1)
+	up.push("org/app", "v1", img)
+	layers, _ := img.Layers()
+	d, _ := layers[0].Digest()
+	o := startOutpost(t, strings.Replace(mirrorConfig(up, "127.0.0.1:0"), "platforms: [linux/arm64]\n", "", 1), "")
+	up.setFault(faultSlow) // the fill takes a second or more
+	up.resetCounts()
+	pulled := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(o.url("/v2/org/app/blobs/" + d.String()))
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		pulled <- err
+	}()
+	waitFor(t, func() bool { return up.requests("GET blobs") == 1 })
+	rep := runMirror(t, o.admin, "edge")
+	if err := <-pulled; err != nil {
+		t.Fatal(err)
+	}
+	if rep["images"].(float64) < 1 {
+		t.Fatalf("report %v", rep)
+	}
+	// The layer once (shared), the config once (only the mirror wants it).
+	if n := up.requests("GET blobs"); n != 2 {
+		t.Errorf("%d blob downloads from upstream, want 2: the layer once for both, the config", n)
+	}
+}
