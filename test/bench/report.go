@@ -335,9 +335,11 @@ the unavoidable work (receive, write, hash, send, with 1 MiB buffers) and
 none of a cache's bookkeeping (fsync, metadata, holding the last byte until
 the digest is checked) takes 1.4-1.9x direct here across runs, so the
 row's 1.2x target is out of reach for any cache that stores and checks
-what it serves on this box. Outpost stays within 0.9-1.3x of the floor (its
-fsync of every blob before it is published costs 20-30 ms CPU of the pull)
-and well under the peer. Where the link is the bottleneck, as at the edge,
+what it serves on this box. Outpost takes 0.9-1.5x the floor's time across
+runs, and 1.3-1.9x its CPU: the fsync of every blob before it is published
+costs 20-30 ms of the pull (measured with it switched off), the rest is the
+metadata commits and the followers' sendfile path; it stays well under the
+peer. Where the link is the bottleneck, as at the edge,
 the cold pull costs what pulling directly costs (the uplink row).
 
 ## Notes on the peer (distribution v3.1.2 in proxy mode)
