@@ -114,7 +114,7 @@ func runSync(ctx context.Context, path string, names []string, once, dry bool, s
 		if dry {
 			rep, err = s.Job.DryRun(ctx)
 		} else {
-			rep, err = s.Job.Run(ctx)
+			rep, err = s.Job.RunNow(ctx)
 		}
 		if bars != nil {
 			var buf strings.Builder

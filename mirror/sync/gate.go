@@ -30,6 +30,12 @@ func newGate(bytesPerSec int64, w Window, now func() time.Time) *gate {
 	return g
 }
 
+// withoutWindow is g for runs an operator asked for: the same cap (one
+// limiter, so the cap holds across runs), no window.
+func (g *gate) withoutWindow() *gate {
+	return &gate{lim: g.lim, burst: g.burst, now: g.now}
+}
+
 // waitWindow returns once the window is open (at once without a window).
 // It looks at the clock at least every minute, so a clock set late (a Pi
 // without a real-time clock getting NTP) is noticed.

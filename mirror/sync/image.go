@@ -20,6 +20,7 @@ const maxDepth = 3
 type image struct {
 	job  *Job
 	ctx  context.Context
+	gate *gate // the run's: with or without the window
 	sess *store.Session
 	repo string // upstream's name for the repository
 	key  string // the store's: registry/repo
@@ -266,7 +267,7 @@ func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
 	if err := w.SetSize(size); err != nil {
 		return err
 	}
-	var r io.Reader = im.job.gate.reader(im.ctx, body)
+	var r io.Reader = im.gate.reader(im.ctx, body)
 	var prog BlobProgress
 	if p := im.job.opts.Progress; p != nil {
 		prog = p.BlobStarted(im.key, desc.Digest, size, off)

@@ -86,7 +86,8 @@ type BlobProgress interface {
 type Job struct {
 	opts  Options
 	log   *slog.Logger
-	gate  *gate
+	gate  *gate // the scheduled runs': bandwidth cap and window
+	now   *gate // runs an operator asked for: the cap only
 	runMu stdsync.Mutex
 }
 
@@ -115,6 +116,7 @@ func NewJob(opts Options) (*Job, error) {
 	}
 	j := &Job{opts: opts, log: opts.Logger.With("mirror", opts.Name)}
 	j.gate = newGate(opts.Bandwidth, opts.Window, opts.Now)
+	j.now = j.gate.withoutWindow()
 	return j, nil
 }
 
@@ -153,19 +155,26 @@ func (r *Report) Err() error {
 	return fmt.Errorf("%d image(s) failed: %s", len(r.Failed), strings.Join(r.Failed, "; "))
 }
 
-// Run syncs every selected tag once. A failure of one image is recorded in
-// the report and does not stop the others; the error is for a run that
-// could not start (no tag list, no catalog).
+// Run syncs every selected tag once, inside the daily window (it waits for
+// the window to open, and pauses transfers while it is closed). A failure
+// of one image is recorded in the report and does not stop the others; the
+// error is for a run that could not start (no tag list, no catalog).
 func (j *Job) Run(ctx context.Context) (*Report, error) {
-	return j.run(ctx, false)
+	return j.run(ctx, false, j.gate)
+}
+
+// RunNow is Run at once, whatever the window says: an operator asked for
+// it (`outpost sync`). The bandwidth cap still holds.
+func (j *Job) RunNow(ctx context.Context) (*Report, error) {
+	return j.run(ctx, false, j.now)
 }
 
 // DryRun lists what Run would fetch, fetching only tag lists and HEADs.
 func (j *Job) DryRun(ctx context.Context) (*Report, error) {
-	return j.run(ctx, true)
+	return j.run(ctx, true, j.now)
 }
 
-func (j *Job) run(ctx context.Context, dry bool) (*Report, error) {
+func (j *Job) run(ctx context.Context, dry bool, g *gate) (*Report, error) {
 	j.runMu.Lock()
 	defer j.runMu.Unlock()
 	rep := &Report{Mirror: j.opts.Name, Started: j.opts.Now(), DryRun: dry}
@@ -175,7 +184,7 @@ func (j *Job) run(ctx context.Context, dry bool) (*Report, error) {
 		j.opts.Metrics.finished(j.opts.Name, rep)
 		return rep, err
 	}
-	if err := j.gate.waitWindow(ctx); err != nil {
+	if err := g.waitWindow(ctx); err != nil {
 		return finish(err)
 	}
 	repos, err := j.repositories(ctx)
@@ -186,7 +195,7 @@ func (j *Job) run(ctx context.Context, dry bool) (*Report, error) {
 	selected := map[string]bool{} // registry/repo:tag this run selected
 	complete := true              // every repository's tags were listed
 	for _, repo := range repos {
-		if err := j.syncRepo(ctx, repo, rep, resumable, selected); err != nil {
+		if err := j.syncRepo(ctx, g, repo, rep, resumable, selected); err != nil {
 			if ctx.Err() != nil {
 				return finish(ctx.Err())
 			}
@@ -229,7 +238,7 @@ func (j *Job) repositories(ctx context.Context) ([]string, error) {
 // syncRepo syncs the selected tags of one repository, and with them the
 // cosign tags (sha256-<hex>.sig/.att/.sbom) of what they point at when
 // referrers are wanted.
-func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable map[string]string, selected map[string]bool) error {
+func (j *Job) syncRepo(ctx context.Context, g *gate, repo string, rep *Report, resumable map[string]string, selected map[string]bool) error {
 	var all []string
 	err := j.patiently(ctx, "tags", func() (err error) {
 		all, err = j.opts.Upstream.Tags(ctx, repo)
@@ -246,7 +255,7 @@ func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable 
 	key := j.opts.Registry + "/" + repo
 	for _, tag := range tags {
 		selected[key+":"+tag] = true
-		d, err := j.syncTag(ctx, repo, tag, rep, resumable)
+		d, err := j.syncTag(ctx, g, repo, tag, rep, resumable)
 		if err != nil {
 			if ctx.Err() != nil {
 				return err
@@ -266,7 +275,7 @@ func (j *Job) syncRepo(ctx context.Context, repo string, rep *Report, resumable 
 			continue
 		}
 		selected[key+":"+tag] = true
-		if _, err := j.syncTag(ctx, repo, tag, rep, resumable); err != nil {
+		if _, err := j.syncTag(ctx, g, repo, tag, rep, resumable); err != nil {
 			if ctx.Err() != nil {
 				return err
 			}
@@ -288,7 +297,7 @@ func isSigTag(tag string) bool {
 }
 
 // syncTag brings repo:tag up to date and returns the digest it points at.
-func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resumable map[string]string) (v1.Hash, error) {
+func (j *Job) syncTag(ctx context.Context, g *gate, repo, tag string, rep *Report, resumable map[string]string) (v1.Hash, error) {
 	key := j.opts.Registry + "/" + repo
 	var head v1.Descriptor
 	err := j.patiently(ctx, "head", func() (err error) {
@@ -334,7 +343,7 @@ func (j *Job) syncTag(ctx context.Context, repo, tag string, rep *Report, resuma
 			return v1.Hash{}, err
 		}
 	}
-	img := &image{job: j, ctx: ctx, sess: sess, repo: repo, key: key, rep: rep}
+	img := &image{job: j, ctx: ctx, gate: g, sess: sess, repo: repo, key: key, rep: rep}
 	d, err = img.sync(tag, d)
 	if err != nil {
 		if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, store.ErrNoSpace) {

@@ -108,6 +108,16 @@ func TestWindowHoldsAndPauses(t *testing.T) {
 	if _, err := st.Tag("registry.test/app", "v1"); err != nil {
 		t.Fatal(err)
 	}
+
+	// An operator's run (outpost sync) goes at once, window or not.
+	w.open.Store(false)
+	small, _ := random.Image(1024, 1)
+	u.pushImage(t, "app", "v2", small)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if rep, err := job.RunNow(ctx); err != nil || rep.Err() != nil || rep.Images != 1 {
+		t.Fatalf("RunNow with the window closed: %v %v %+v", err, rep.Err(), rep)
+	}
 }
 
 type countingProgress struct{ n *atomic.Int64 }

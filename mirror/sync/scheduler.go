@@ -100,7 +100,7 @@ func (s *Scheduler) loop(ctx context.Context, j *scheduled) {
 		case reply = <-j.now:
 			t.Stop()
 		}
-		rep, err := s.runOnce(ctx, j)
+		rep, err := s.runOnce(ctx, j, reply != nil)
 		if reply != nil {
 			reply <- runResult{rep, err}
 		}
@@ -114,13 +114,17 @@ func (s *Scheduler) loop(ctx context.Context, j *scheduled) {
 	}
 }
 
-func (s *Scheduler) runOnce(ctx context.Context, j *scheduled) (*Report, error) {
+func (s *Scheduler) runOnce(ctx context.Context, j *scheduled, asked bool) (*Report, error) {
 	s.mu.Lock()
 	j.running = true
 	s.mu.Unlock()
 	log := s.log.With("mirror", j.Job.Name())
-	log.Info("mirror run started")
-	rep, err := j.Job.Run(ctx)
+	log.Info("mirror run started", "asked", asked)
+	run := j.Job.Run
+	if asked {
+		run = j.Job.RunNow // an operator asked: now, whatever the window
+	}
+	rep, err := run(ctx)
 	s.mu.Lock()
 	j.running, j.last, j.lastErr = false, rep, err
 	s.mu.Unlock()
@@ -139,8 +143,8 @@ func (s *Scheduler) runOnce(ctx context.Context, j *scheduled) (*Report, error) 
 	return rep, err
 }
 
-// RunNow runs a job at once (after the run in progress, if any) and
-// returns its report. It returns ErrUnknownMirror for a name not
+// RunNow runs a job at once, whatever its window (after the run in
+// progress, if any), and returns its report. It returns ErrUnknownMirror for a name not
 // configured.
 func (s *Scheduler) RunNow(ctx context.Context, name string) (*Report, error) {
 	s.mu.Lock()
