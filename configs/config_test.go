@@ -433,7 +433,8 @@ mirrors:
 		m.Jitter.D() != 36*time.Minute || m.Window.String() != "01:00-05:00" || m.Bandwidth != 10<<20 {
 		t.Errorf("parsed %+v", m)
 	}
-	if p := c.Mirrors[1]; p.Interval != DefaultMirrorInterval || !p.Window.IsZero() || p.Bandwidth != 0 {
+	if p := c.Mirrors[1]; p.Interval != DefaultMirrorInterval || !p.Window.IsZero() || p.Bandwidth != 0 ||
+		p.RateLimit.Min != 10 || p.RateLimit.Retry != DefaultRateLimitRetry {
 		t.Errorf("defaults: %+v", p)
 	}
 	at := func(h, m int) time.Time { return time.Date(2026, 12, 1, h, m, 0, 0, time.Local) }
@@ -474,6 +475,8 @@ func TestMirrorErrors(t *testing.T) {
 		{"bad window", "    window: 1am-5am\n", `line 7: mirrors[0].window: "1am-5am" is not a daily window like 01:00-05:00`},
 		{"bad bandwidth", "    bandwidth: fast\n", `line 7: mirrors[0].bandwidth: "fast" is not a rate like 10MiB/s`},
 		{"unknown key", "    tag: {latest: 1}\n", `line 7: unknown field "tag" in mirrors[0] (did you mean "tags"?)`},
+		{"bad rate limit", "    rateLimit: {min: -2, retry: 0s}\n", `mirrors[0].rateLimit.min: -2 must be -1 (never pause) or more`},
+		{"short retry", "    rateLimit: {retry: 10ms}\n", `line 7: mirrors[0].rateLimit.retry: 10ms is too short`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse(src, []byte(base+tc.extra))

@@ -172,7 +172,7 @@ var (
 var goTypes = map[string]reflect.Type{}
 
 func init() {
-	for _, v := range []any{Config{}, HTTP{}, Admin{}, Storage{}, Log{}, Fills{}, Upstream{}, Mirror{}, TagFilter{}} {
+	for _, v := range []any{Config{}, HTTP{}, Admin{}, Storage{}, Log{}, Fills{}, Upstream{}, Mirror{}, TagFilter{}, RateLimit{}} {
 		t := reflect.TypeOf(v)
 		goTypes[t.String()] = t
 	}
@@ -358,6 +358,12 @@ func (c *Config) applyDefaults(set map[string]bool) {
 		}
 		if !set[fmt.Sprintf("mirrors[%d].jitter", i)] {
 			m.Jitter = m.Interval / 10
+		}
+		if !set[fmt.Sprintf("mirrors[%d].rateLimit.min", i)] {
+			m.RateLimit.Min = 10
+		}
+		if !set[fmt.Sprintf("mirrors[%d].rateLimit.retry", i)] {
+			m.RateLimit.Retry = DefaultRateLimitRetry
 		}
 	}
 	for i := range c.Upstreams {

@@ -26,6 +26,16 @@ type Mirror struct {
 	Jitter       Duration  `yaml:"jitter"`       // up to this much is added to each wait at random, default interval/10
 	Window       Window    `yaml:"window"`       // daily local-time window for transfers ("01:00-05:00"); always when empty
 	Bandwidth    Rate      `yaml:"bandwidth"`    // cap on the job's downloads ("10MiB/s"); 0: none
+	RateLimit    RateLimit `yaml:"rateLimit"`    // respect of the upstream's announced pull allowance
+}
+
+// RateLimit is how a mirror respects the pull allowance an upstream
+// announces (RateLimit-Remaining, as Docker Hub sends it), as regsync's
+// ratelimit does: while Min or fewer pulls remain, the job pauses and looks
+// again every Retry.
+type RateLimit struct {
+	Min   int      `yaml:"min"`   // default 10; 0: only when none remain; -1: never pause
+	Retry Duration `yaml:"retry"` // default 15m
 }
 
 // TagFilter selects tags: a tag must match an include (if any), no exclude
@@ -38,8 +48,11 @@ type TagFilter struct {
 	Latest  int      `yaml:"latest"`  // keep the newest N versions after the other filters
 }
 
-// DefaultMirrorInterval is how often a mirror runs when interval is unset.
-const DefaultMirrorInterval = Duration(6 * time.Hour)
+// Mirror defaults.
+const (
+	DefaultMirrorInterval = Duration(6 * time.Hour) // how often a mirror runs
+	DefaultRateLimitRetry = Duration(15 * time.Minute)
+)
 
 // Window is a daily span of local time, "01:00-05:00"; it may wrap midnight
 // ("22:00-04:00"). The zero Window is "always".
@@ -210,6 +223,12 @@ func (c *Config) validateMirrors(bad func(path, format string, args ...any)) {
 		}
 		if m.Jitter < 0 || m.Jitter > m.Interval {
 			bad(p+".jitter", "%s must be between 0 and the interval (%s)", m.Jitter, m.Interval)
+		}
+		if m.RateLimit.Min < -1 {
+			bad(p+".rateLimit.min", "%d must be -1 (never pause) or more", m.RateLimit.Min)
+		}
+		if m.RateLimit.Retry < Duration(time.Second) {
+			bad(p+".rateLimit.retry", "%s is too short; give at least 1s (the default is 15m)", m.RateLimit.Retry)
 		}
 		if m.Bandwidth < 0 {
 			bad(p+".bandwidth", "must not be negative (0 means no cap)")

@@ -53,9 +53,9 @@ type Options struct {
 	Slots    chan struct{}
 	Progress Progress // nil: nobody watches
 	// RateLimitMin is the pull allowance (RateLimit-Remaining, as Docker
-	// Hub sends it) kept in reserve: below it the job pauses for
+	// Hub sends it) kept in reserve: at or below it the job pauses for
 	// RateLimitRetry (default 15m) and looks again, as regsync's
-	// ratelimit.min does. Default 10; negative: never pause.
+	// ratelimit.min does. 0: only when none remain; negative: never pause.
 	RateLimitMin   int64
 	RateLimitRetry time.Duration
 	// MaxWait caps how long a Retry-After is honoured before giving up on
@@ -101,9 +101,6 @@ func NewJob(opts Options) (*Job, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
-	}
-	if opts.RateLimitMin == 0 {
-		opts.RateLimitMin = 10
 	}
 	if opts.RateLimitRetry <= 0 {
 		opts.RateLimitRetry = 15 * time.Minute

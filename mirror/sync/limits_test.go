@@ -183,6 +183,7 @@ func TestRateLimitReservePauses(t *testing.T) {
 		return false
 	})
 	job := newJob(t, newMirror(t, u), st, []string{"app"}, func(o *msync.Options) {
+		o.RateLimitMin = 10
 		o.RateLimitRetry = 300 * time.Millisecond
 	})
 	start := time.Now()
