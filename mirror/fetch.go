@@ -134,6 +134,13 @@ const (
 
 // Tags lists a repository's tags upstream, following Link pagination.
 func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
+	tags, _, err := u.list(ctx, "tags", repo, "/tags/list")
+	return tags, err
+}
+
+// TagList is Tags, and whether the list is whole: false when it was cut
+// at the bounds above (a mirror must not unpin what it did not see).
+func (u *Upstream) TagList(ctx context.Context, repo string) ([]string, bool, error) {
 	return u.list(ctx, "tags", repo, "/tags/list")
 }
 
@@ -141,26 +148,28 @@ func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
 // registries, Docker Hub among them, do not offer), following Link
 // pagination.
 func (u *Upstream) Catalog(ctx context.Context) ([]string, error) {
-	return u.list(ctx, "catalog", "", "_catalog")
+	repos, _, err := u.list(ctx, "catalog", "", "_catalog")
+	return repos, err
 }
 
 // list reads a paginated name list (tags or repositories) within the bounds
-// above.
-func (u *Upstream) list(ctx context.Context, op, repo, path string) ([]string, error) {
+// above, and says whether it read all of it.
+func (u *Upstream) list(ctx context.Context, op, repo, path string) ([]string, bool, error) {
 	var names []string
 	query := url.Values{"n": {"1000"}}
 	for page := 0; page < maxTagPages && query != nil && len(names) < maxTags; page++ {
 		list, next, err := u.listPage(ctx, op, repo, path, query)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		names = append(names, list...)
 		query = next
 	}
+	whole := query == nil && len(names) <= maxTags
 	if len(names) > maxTags {
 		names = names[:maxTags]
 	}
-	return names, nil
+	return names, whole, nil
 }
 
 func (u *Upstream) listPage(ctx context.Context, op, repo, path string, query url.Values) ([]string, url.Values, error) {

@@ -36,8 +36,14 @@ type app struct {
 	mu        sync.Mutex
 	cfg       *configs.Config
 	upstreams []*mirror.Upstream
-	mirrors   *mirrors // nil until run starts them
+	mirrors   *mirrors        // nil until run starts them
+	runCtx    context.Context // run's: ends when Outpost stops
 	started   time.Time
+
+	// life orders the mirrors' start and stop (run, reload, shutdown), so
+	// a reload during a shutdown cannot start jobs nobody will stop.
+	life     sync.Mutex
+	stopping bool // under life
 }
 
 // start opens the store and builds everything but the listeners.
@@ -135,16 +141,19 @@ func (a *app) reload(cfg *configs.Config) error {
 		}
 		return err
 	}
+	a.life.Lock()
 	a.mu.Lock()
 	old, oldCfg, oldMirrors := a.upstreams, a.cfg, a.mirrors
 	a.upstreams, a.cfg = ups, cfg
 	a.mu.Unlock()
-	if oldMirrors != nil { // running: the new jobs replace the old ones
-		oldMirrors.stop()
+	if oldMirrors != nil && !a.stopping { // running: the new jobs replace the old ones
+		oldMirrors.stop() // before their upstreams close below
+		m := startMirrors(jobs, a)
 		a.mu.Lock()
-		a.mirrors = startMirrors(jobs, a)
+		a.mirrors = m
 		a.mu.Unlock()
 	}
+	a.life.Unlock()
 	for _, u := range old {
 		u.Close() // stops its probe; requests in flight keep their transports
 	}
@@ -158,13 +167,10 @@ func (a *app) reload(cfg *configs.Config) error {
 // run serves clients on ln and the admin endpoints on adminLn (if not nil)
 // until ctx ends, then shuts down gracefully.
 func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
-	a.mu.Lock()
-	jobs, err := buildJobs(a.cfg, a.upstreams, a.store, a.mirMetrics, a, nil)
-	a.mu.Unlock()
-	if err != nil {
-		return err
-	}
 	g, ctx := errgroup.WithContext(ctx)
+	a.mu.Lock()
+	a.runCtx = ctx
+	a.mu.Unlock()
 	g.Go(func() error { return a.cache.Serve(ctx, ln) })
 	if adminLn != nil {
 		srv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -181,12 +187,22 @@ func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
 			return srv.Shutdown(shutdownCtx)
 		})
 	}
+	a.life.Lock()
 	a.mu.Lock()
-	a.mirrors = startMirrors(jobs, a)
+	cfg, ups := a.cfg, a.upstreams
+	a.mu.Unlock()
+	jobs, err := buildJobs(cfg, ups, a.store, a.mirMetrics, a, nil)
+	if err != nil {
+		a.log.Error("mirrors not started", "err", err) // serving matters more
+	}
+	m := startMirrors(jobs, a)
+	a.mu.Lock()
+	a.mirrors = m
 	a.started = time.Now()
 	attrs := []any{"address", ln.Addr().String(), "storage", a.cfg.Storage.Root, "upstreams", len(a.upstreams),
 		"mirrors", len(jobs), "version", version}
 	a.mu.Unlock()
+	a.life.Unlock()
 	a.ready.Store(true)
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
@@ -194,10 +210,13 @@ func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
 	a.log.Info("serving", attrs...)
 	<-ctx.Done()
 	a.ready.Store(false)
+	a.life.Lock()
+	a.stopping = true
 	a.mu.Lock()
-	m := a.mirrors
+	m = a.mirrors
 	a.mirrors = nil
 	a.mu.Unlock()
+	a.life.Unlock()
 	m.stop()
 	err = g.Wait()
 	a.log.Info("stopped")

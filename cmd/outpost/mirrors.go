@@ -94,6 +94,11 @@ func startMirrors(schedules []msync.Schedule, a *app) *mirrors {
 	} else if n > 0 {
 		a.log.Info("unpinned the tags of mirrors no longer configured", "tags", n)
 	}
+	if n, err := msync.AbortForeignSessions(a.store, names); err != nil {
+		a.log.Warn("cannot remove the staging of removed mirrors", "err", err)
+	} else if n > 0 {
+		a.log.Info("removed the interrupted syncs of mirrors no longer configured", "sessions", n)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &mirrors{sched: msync.NewScheduler(schedules, mirrorFirstRun, a.log.With("component", "sync")), cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -129,25 +134,34 @@ func (a *app) serveMirrorStatus(w http.ResponseWriter, _ *http.Request) {
 // with ?dry-run=1, lists what it would fetch) and returns the report.
 // `outpost sync` sends this when `outpost serve` holds the store.
 func (a *app) serveMirrorRun(w http.ResponseWriter, r *http.Request) {
-	a.mu.Lock()
-	m := a.mirrors
-	a.mu.Unlock()
 	name := r.PathValue("name")
-	if m == nil {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no mirrors are configured"})
-		return
+	// The run ends with the request or with Outpost, whichever is first.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	a.mu.Lock()
+	if a.runCtx != nil {
+		defer context.AfterFunc(a.runCtx, cancel)()
 	}
+	a.mu.Unlock()
 	var rep *msync.Report
-	var err error
-	if r.URL.Query().Get("dry-run") == "1" {
-		job := m.sched.Job(name)
-		if job == nil {
+	err := msync.ErrStopped
+	for attempt := 0; attempt < 2 && errors.Is(err, msync.ErrStopped); attempt++ {
+		a.mu.Lock()
+		m := a.mirrors
+		a.mu.Unlock()
+		if m == nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "the mirrors are not running (starting or stopping)"})
+			return
+		}
+		if r.URL.Query().Get("dry-run") != "1" {
+			rep, err = m.sched.RunNow(ctx, name) // ErrStopped: a reload replaced it, ask the new one
+			continue
+		}
+		if job := m.sched.Job(name); job == nil {
 			err = msync.ErrUnknownMirror
 		} else {
-			rep, err = job.DryRun(r.Context())
+			rep, err = job.DryRun(ctx)
 		}
-	} else {
-		rep, err = m.sched.RunNow(r.Context(), name)
 	}
 	switch {
 	case errors.Is(err, msync.ErrUnknownMirror):

@@ -59,20 +59,26 @@ func (g *gate) waitWindow(ctx context.Context) error {
 	}
 }
 
-func (g *gate) reader(ctx context.Context, r io.Reader) io.Reader {
+// reader gates r; while bypass reports true (someone else waits for the
+// bytes), reads go through at once.
+func (g *gate) reader(ctx context.Context, r io.Reader, bypass func() bool) io.Reader {
 	if g.lim == nil && g.window == nil {
 		return r
 	}
-	return &gatedReader{g: g, ctx: ctx, r: r}
+	return &gatedReader{g: g, ctx: ctx, r: r, bypass: bypass}
 }
 
 type gatedReader struct {
-	g   *gate
-	ctx context.Context
-	r   io.Reader
+	g      *gate
+	ctx    context.Context
+	r      io.Reader
+	bypass func() bool
 }
 
 func (gr *gatedReader) Read(p []byte) (int, error) {
+	if gr.bypass != nil && gr.bypass() {
+		return gr.r.Read(p)
+	}
 	if err := gr.g.waitWindow(gr.ctx); err != nil {
 		return 0, err
 	}

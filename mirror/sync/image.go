@@ -16,8 +16,11 @@ import (
 // maxDepth bounds nested indexes (an index of indexes of images).
 const maxDepth = 3
 
-// image syncs one tag's content into one store session.
+// image syncs one tag's content: its manifests into one store session
+// (committed with the tag), its blobs each in a session of its own.
 type image struct {
+	pass *pass
+	tag  string
 	job  *Job
 	ctx  context.Context
 	gate *gate // the run's: with or without the window
@@ -176,27 +179,53 @@ func (im *image) blobs(descs []v1.Descriptor) error {
 	return first
 }
 
-// blob downloads one blob into the session, unless someone else (a fill,
-// another job) is downloading it: then it waits for that download.
+// blob makes sure one blob is stored: downloaded in a session of its own
+// and published as soon as it is verified (a blob alone makes nothing
+// visible), so no other download ever waits on this image's commit. If
+// someone else (a fill, another job) is downloading it, it waits for that
+// download instead. An interrupted download of it is resumed.
 func (im *image) blob(desc v1.Descriptor) error {
 	st := im.job.opts.Store
+	origin := im.job.origin(im.key, im.tag, desc.Digest.String())
 	for attempt := 0; attempt < 3; attempt++ {
 		if st.HasBlob(desc.Digest) {
 			return nil
 		}
-		w, other, err := im.sess.Blob(desc.Digest, desc.Size)
-		switch {
-		case errors.Is(err, store.ErrExists):
-			return nil
-		case err != nil:
+		sess, resumed, err := im.blobSession(origin)
+		if err != nil {
 			return err
-		case other != nil:
+		}
+		w, other, err := sess.Blob(desc.Digest, desc.Size)
+		if w == nil {
+			if resumed {
+				sess.Close() // its part stays for later
+			} else {
+				sess.Abort()
+			}
+			switch {
+			case errors.Is(err, store.ErrExists):
+				return nil
+			case err != nil:
+				return err
+			}
 			if err := im.await(other, desc.Digest); err != nil && im.ctx.Err() != nil {
 				return err
 			}
 			continue // stored now, or the other download failed: try ourselves
 		}
-		return im.download(w, desc)
+		err = im.download(w, desc)
+		if err == nil {
+			err = sess.Commit()
+		}
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, store.ErrNoSpace):
+			sess.Abort() // nothing worth keeping, or no room to keep it
+		default:
+			sess.Close() // ends the write now, keeps the part: the next run resumes it
+		}
+		return err
 	}
 	if st.HasBlob(desc.Digest) {
 		return nil
@@ -204,21 +233,42 @@ func (im *image) blob(desc v1.Descriptor) error {
 	return errors.New("another download of it kept failing")
 }
 
+// blobSession resumes the interrupted session of origin, or begins one.
+func (im *image) blobSession(origin string) (*store.Session, bool, error) {
+	st := im.job.opts.Store
+	if id, ok := im.pass.claim(origin); ok {
+		sess, err := st.Resume(id)
+		if err == nil {
+			return sess, true, nil
+		}
+		im.job.log.Warn("interrupted download not resumed", "session", id, "err", err)
+	}
+	sess, err := st.Begin(store.KindSync, origin)
+	return sess, false, err
+}
+
+// heldLimit bounds how long a verified write of someone else's may stay
+// unpublished before this image gives up on it for this run (an import or
+// upload session that publishes at its own end).
+const heldLimit = 30 * time.Second
+
 // await follows someone else's write of d until it is stored or ends.
 func (im *image) await(p *store.Pending, d v1.Hash) error {
 	st := im.job.opts.Store
 	defer func() { p.Release() }()
+	var verifiedAt time.Time
 	for {
 		if err := p.Wait(im.ctx); err != nil {
 			return err
 		}
 		// Verified; it is stored once its session commits.
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-im.ctx.Done():
-			t.Stop()
-			return im.ctx.Err()
-		case <-t.C:
+		if verifiedAt.IsZero() {
+			verifiedAt = time.Now()
+		} else if time.Since(verifiedAt) > heldLimit {
+			return fmt.Errorf("blob %s: another session holds it verified but does not publish it", d)
+		}
+		if err := sleep(im.ctx, 50*time.Millisecond); err != nil {
+			return err
 		}
 		if st.HasBlob(d) {
 			return nil
@@ -267,7 +317,10 @@ func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
 	if err := w.SetSize(size); err != nil {
 		return err
 	}
-	var r io.Reader = im.gate.reader(im.ctx, body)
+	// While someone else follows the write (a pull waits for this blob),
+	// the job's cap and window do not hold it back.
+	followed := func() bool { n, _ := w.Interest(); return n > 0 }
+	var r io.Reader = im.gate.reader(im.ctx, body, followed)
 	var prog BlobProgress
 	if p := im.job.opts.Progress; p != nil {
 		prog = p.BlobStarted(im.key, desc.Digest, size, off)
@@ -313,7 +366,7 @@ func (im *image) referrers(d v1.Hash) error {
 		return err
 	}
 	for _, desc := range descs {
-		if !types.MediaType(desc.MediaType).IsImage() && !types.MediaType(desc.MediaType).IsIndex() {
+		if !wantedReferrer(desc) {
 			continue
 		}
 		b, mt, rd, err := im.manifest(desc.Digest.String(), desc.Digest)
@@ -325,4 +378,11 @@ func (im *image) referrers(d v1.Hash) error {
 		}
 	}
 	return nil
+}
+
+// wantedReferrer reports whether a referrer is fetched: manifests and
+// indexes (signatures, SBOMs, attestations); other types are left alone.
+func wantedReferrer(desc v1.Descriptor) bool {
+	mt := types.MediaType(desc.MediaType)
+	return mt.IsImage() || mt.IsIndex()
 }

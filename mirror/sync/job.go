@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	stdsync "sync"
 	"time"
@@ -171,15 +172,33 @@ func (j *Job) DryRun(ctx context.Context) (*Report, error) {
 	return j.run(ctx, true, j.now)
 }
 
+// pass is one run's state.
+type pass struct {
+	j    *Job
+	ctx  context.Context
+	gate *gate // with or without the window
+	rep  *Report
+
+	mu        stdsync.Mutex     // leftovers, from parallel blob downloads
+	leftovers map[string]string // origin → id: interrupted sessions not claimed yet
+	selected  map[string]bool   // registry/repo:tag this run selected
+	synced    map[string]bool   // … and brought up to date
+	complete  bool              // every repository's full tag list was read
+}
+
 func (j *Job) run(ctx context.Context, dry bool, g *gate) (*Report, error) {
 	j.runMu.Lock()
 	defer j.runMu.Unlock()
-	rep := &Report{Mirror: j.opts.Name, Started: j.opts.Now(), DryRun: dry}
+	p := &pass{j: j, ctx: ctx, gate: g, rep: &Report{Mirror: j.opts.Name, Started: j.opts.Now(), DryRun: dry},
+		selected: map[string]bool{}, synced: map[string]bool{}, complete: true}
 	finish := func(err error) (*Report, error) {
-		rep.Finished = j.opts.Now()
-		j.opts.Metrics.run(j.opts.Name, rep, err)
-		j.opts.Metrics.finished(j.opts.Name, rep)
-		return rep, err
+		p.rep.Finished = j.opts.Now()
+		j.opts.Metrics.run(j.opts.Name, p.rep, err)
+		j.opts.Metrics.finished(j.opts.Name, p.rep)
+		return p.rep, err
+	}
+	if g.window != nil && !g.window.Contains(j.opts.Now()) {
+		j.log.Info("waiting for the mirror's window", "opens", g.window.Next(j.opts.Now()).Format(time.DateTime))
 	}
 	if err := g.waitWindow(ctx); err != nil {
 		return finish(err)
@@ -188,23 +207,21 @@ func (j *Job) run(ctx context.Context, dry bool, g *gate) (*Report, error) {
 	if err != nil {
 		return finish(err)
 	}
-	resumable := j.interrupted()
-	selected := map[string]bool{} // registry/repo:tag this run selected
-	complete := true              // every repository's tags were listed
+	p.leftovers = j.interrupted()
 	for _, repo := range repos {
-		if err := j.syncRepo(ctx, g, repo, rep, resumable, selected); err != nil {
+		if err := p.syncRepo(repo); err != nil {
 			if ctx.Err() != nil {
 				return finish(ctx.Err())
 			}
-			complete = false
-			rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %v", repo, err))
+			p.complete = false
+			p.rep.Failed = append(p.rep.Failed, fmt.Sprintf("%s: %v", repo, err))
 			j.log.Warn("repository not synced", "repo", repo, "err", err)
 		}
 	}
 	if !dry {
-		j.abortLeftovers(resumable)
-		if complete {
-			j.unpinUnselected(selected)
+		p.abortLeftovers()
+		if p.complete {
+			j.unpinUnselected(p.selected)
 		}
 	}
 	return finish(nil)
@@ -235,14 +252,20 @@ func (j *Job) repositories(ctx context.Context) ([]string, error) {
 // syncRepo syncs the selected tags of one repository, and with them the
 // cosign tags (sha256-<hex>.sig/.att/.sbom) of what they point at when
 // referrers are wanted.
-func (j *Job) syncRepo(ctx context.Context, g *gate, repo string, rep *Report, resumable map[string]string, selected map[string]bool) error {
+func (p *pass) syncRepo(repo string) error {
+	j := p.j
 	var all []string
-	err := j.patiently(ctx, "tags", func() (err error) {
-		all, err = j.opts.Upstream.Tags(ctx, repo)
+	complete := true
+	err := j.patiently(p.ctx, "tags", func() (err error) {
+		all, complete, err = j.opts.Upstream.TagList(p.ctx, repo)
 		return err
 	})
 	if err != nil {
 		return err
+	}
+	if !complete {
+		p.complete = false // a cut list must not unpin what it did not show
+		j.log.Warn("the upstream's tag list is longer than Outpost reads; the rest is left out", "repo", repo, "tags", len(all))
 	}
 	tags := all
 	if j.opts.Tags != nil {
@@ -250,18 +273,27 @@ func (j *Job) syncRepo(ctx context.Context, g *gate, repo string, rep *Report, r
 	}
 	digests := map[string]bool{}
 	key := j.opts.Registry + "/" + repo
-	for _, tag := range tags {
-		selected[key+":"+tag] = true
-		d, err := j.syncTag(ctx, g, repo, tag, rep, resumable)
+	sync := func(tag string) (v1.Hash, error) {
+		p.selected[key+":"+tag] = true
+		d, err := p.syncTag(repo, tag)
 		if err != nil {
-			if ctx.Err() != nil {
-				return err
+			if p.ctx.Err() == nil {
+				p.rep.Failed = append(p.rep.Failed, fmt.Sprintf("%s:%s: %v", repo, tag, err))
+				j.log.Warn("image not synced", "repo", repo, "tag", tag, "err", err)
 			}
-			rep.Failed = append(rep.Failed, fmt.Sprintf("%s:%s: %v", repo, tag, err))
-			j.log.Warn("image not synced", "repo", repo, "tag", tag, "err", err)
-			continue
+			return d, err
 		}
-		digests[d.String()] = true
+		p.synced[key+":"+tag] = true
+		return d, nil
+	}
+	for _, tag := range tags {
+		d, err := sync(tag)
+		if p.ctx.Err() != nil {
+			return p.ctx.Err()
+		}
+		if err == nil {
+			digests[d.String()] = true
+		}
 	}
 	if !j.opts.Referrers {
 		return nil
@@ -271,12 +303,9 @@ func (j *Job) syncRepo(ctx context.Context, g *gate, repo string, rep *Report, r
 		if !ok || !isSigTag(tag) || !digests[strings.Replace(base, "-", ":", 1)] {
 			continue
 		}
-		selected[key+":"+tag] = true
-		if _, err := j.syncTag(ctx, g, repo, tag, rep, resumable); err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
-			rep.Failed = append(rep.Failed, fmt.Sprintf("%s:%s: %v", repo, tag, err))
+		sync(tag)
+		if p.ctx.Err() != nil {
+			return p.ctx.Err()
 		}
 	}
 	return nil
@@ -294,7 +323,8 @@ func isSigTag(tag string) bool {
 }
 
 // syncTag brings repo:tag up to date and returns the digest it points at.
-func (j *Job) syncTag(ctx context.Context, g *gate, repo, tag string, rep *Report, resumable map[string]string) (v1.Hash, error) {
+func (p *pass) syncTag(repo, tag string) (v1.Hash, error) {
+	j, ctx, rep := p.j, p.ctx, p.rep
 	key := j.opts.Registry + "/" + repo
 	var head v1.Descriptor
 	err := j.patiently(ctx, "head", func() (err error) {
@@ -321,33 +351,31 @@ func (j *Job) syncTag(ctx context.Context, g *gate, repo, tag string, rep *Repor
 		}
 	}
 	if rep.DryRun {
-		p := Planned{Repo: key, Tag: tag, Digest: d}
-		p.Blobs, p.Bytes, _ = j.missing(d)
-		rep.Planned = append(rep.Planned, p)
+		pl := Planned{Repo: key, Tag: tag, Digest: d}
+		pl.Blobs, pl.Bytes, _ = j.missing(d)
+		rep.Planned = append(rep.Planned, pl)
 		return d, nil
 	}
-	origin := j.opts.Name + " " + key + ":" + tag
-	var sess *store.Session
-	if id, ok := resumable[origin]; ok {
-		delete(resumable, origin)
-		if sess, err = st.Resume(id); err != nil {
-			j.log.Warn("interrupted sync not resumed", "session", id, "err", err)
-			sess = nil
+	// The image's manifests and tag are staged in a session of their own and
+	// committed together once every blob is stored; the blobs are published
+	// one by one as they are verified (see image.blob), so nobody ever waits
+	// on an image that waits on them.
+	origin := j.origin(key, tag, "")
+	if id, ok := p.claim(origin); ok {
+		// Staged manifests are not resumed (they are small and fetched
+		// again or read from the store): an interrupted one just goes.
+		if old, err := st.Resume(id); err == nil {
+			old.Abort()
 		}
 	}
-	if sess == nil {
-		if sess, err = st.Begin(store.KindSync, origin); err != nil {
-			return v1.Hash{}, err
-		}
+	sess, err := st.Begin(store.KindSync, origin)
+	if err != nil {
+		return v1.Hash{}, err
 	}
-	img := &image{job: j, ctx: ctx, gate: g, sess: sess, repo: repo, key: key, rep: rep}
+	defer sess.Abort() // a no-op after Commit
+	img := &image{pass: p, job: j, ctx: ctx, gate: p.gate, rep: rep, sess: sess, repo: repo, key: key, tag: tag}
 	d, err = img.sync(tag, d)
 	if err != nil {
-		if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, store.ErrNoSpace) {
-			sess.Abort() // nothing worth keeping, or no room to keep it
-		} else {
-			sess.Close() // keep what arrived: the next run resumes it
-		}
 		return v1.Hash{}, err
 	}
 	sess.Tag(key, tag, d)
@@ -363,6 +391,25 @@ func (j *Job) syncTag(ctx context.Context, g *gate, repo, tag string, rep *Repor
 	j.opts.Metrics.image(j.opts.Name)
 	j.log.Info("image synced", "repo", key, "tag", tag, "digest", d)
 	return d, nil
+}
+
+// origin names a session of this job: "<mirror> <repo>:<tag>" for an
+// image's manifests, with " <digest>" for one of its blob downloads.
+func (j *Job) origin(key, tag, blob string) string {
+	o := j.opts.Name + " " + key + ":" + tag
+	if blob != "" {
+		o += " " + blob
+	}
+	return o
+}
+
+// claim takes the interrupted session begun with origin, if there is one.
+func (p *pass) claim(origin string) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id, ok := p.leftovers[origin]
+	delete(p.leftovers, origin)
+	return id, ok
 }
 
 // owner names the job's pins.
@@ -408,6 +455,28 @@ func DropPinsExcept(st *store.Store, names []string) (int, error) {
 		}
 	}
 	return len(drop), st.Unpin(drop)
+}
+
+// AbortForeignSessions removes interrupted sync sessions of mirrors not
+// among names (taken out of the config or renamed): no job will resume
+// them, and on a small disk their parts matter.
+func AbortForeignSessions(st *store.Store, names []string) (int, error) {
+	infos, err := st.Interrupted(store.KindSync)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, in := range infos {
+		mirror, _, _ := strings.Cut(in.Origin, " ")
+		if slices.Contains(names, mirror) {
+			continue
+		}
+		if sess, err := st.Resume(in.ID); err == nil {
+			sess.Abort()
+			n++
+		}
+	}
+	return n, nil
 }
 
 // missing counts the blobs (and their bytes) of stored manifest d and its
@@ -456,6 +525,9 @@ func (j *Job) referrersStored(ctx context.Context, repo string, d v1.Hash) bool 
 		return false
 	}
 	for _, desc := range descs {
+		if !wantedReferrer(desc) {
+			continue // never fetched (image.referrers): not a reason to look again
+		}
 		if n, _, err := j.missing(desc.Digest); err != nil || n > 0 {
 			return false
 		}
@@ -506,12 +578,23 @@ func (j *Job) interrupted() map[string]string {
 }
 
 // abortLeftovers removes this job's interrupted sessions that the run did
-// not resume: what they staged is not wanted any more.
-func (j *Job) abortLeftovers(resumable map[string]string) {
-	for origin, id := range resumable {
-		if sess, err := j.opts.Store.Resume(id); err == nil {
+// not resume and no later run will: those of tags it synced (someone else
+// brought the blob) or, after a run that saw every tag list, tags it no
+// longer selects. The rest (a tag whose HEAD failed this time) stay for the
+// next run, within the store's day.
+func (p *pass) abortLeftovers() {
+	for origin, id := range p.leftovers {
+		fields := strings.Fields(origin)
+		if len(fields) < 2 {
+			continue
+		}
+		ref := fields[1]
+		if !p.synced[ref] && (p.selected[ref] || !p.complete) {
+			continue
+		}
+		if sess, err := p.j.opts.Store.Resume(id); err == nil {
 			sess.Abort()
-			j.log.Info("removed an interrupted sync that is not wanted any more", "session", id, "for", origin)
+			p.j.log.Info("removed an interrupted sync that is not wanted any more", "session", id, "for", origin)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package sync_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -11,7 +12,10 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	msync "github.com/outpost-oci/outpost/mirror/sync"
 	"github.com/outpost-oci/outpost/store"
 )
@@ -358,5 +362,94 @@ func TestUpstreamSlotsBoundDownloads(t *testing.T) {
 	wg.Wait()
 	if p := peak.Load(); p != 2 {
 		t.Errorf("at most %d blob downloads at once, want the 2 slots used and never more", p)
+	}
+}
+
+// Two jobs whose images share two layers in opposite order finish: a
+// verified blob is published at once, so neither waits on the other's
+// image (found by review: they used to wait on each other for ever).
+func TestJobsSharingBlobsDoNotWaitOnEachOther(t *testing.T) {
+	u := newUpstream(t)
+	l1, _ := random.Layer(256<<10, types.DockerLayer)
+	l2, _ := random.Layer(256<<10, types.DockerLayer)
+	p, _ := mutate.AppendLayers(empty.Image, l1, l2)
+	n, _ := mutate.AppendLayers(empty.Image, l2, l1)
+	u.pushImage(t, "p", "v1", p)
+	u.pushImage(t, "n", "v1", n)
+	u.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			time.Sleep(300 * time.Millisecond)
+		}
+		return false
+	})
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	up := newMirror(t, u)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg stdsync.WaitGroup
+	for _, repo := range []string{"p", "n"} {
+		job := newJob(t, up, st, []string{repo}, func(o *msync.Options) { o.Name = repo; o.Parallel = 1 })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if rep, err := job.Run(ctx); err != nil || rep.Err() != nil || rep.Images != 1 {
+				t.Errorf("job %s: %v %v", repo, err, rep.Err())
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// A blob download that fails ends its write at once: a pull of that blob
+// does not join a dead download while the image's other blobs go on.
+func TestFailedBlobDoesNotLinger(t *testing.T) {
+	u := newUpstream(t)
+	l1, _ := random.Layer(64<<10, types.DockerLayer)
+	l2, _ := random.Layer(64<<10, types.DockerLayer)
+	img, _ := mutate.AppendLayers(empty.Image, l1, l2)
+	u.pushImage(t, "p", "v1", img)
+	d1, d2 := digestOf(t, l1), digestOf(t, l2)
+	u.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, d1.String()):
+			http.Error(w, "gone", http.StatusNotFound)
+			return true
+		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, d2.String()):
+			time.Sleep(2 * time.Second) // a long sibling download
+		}
+		return false
+	})
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		newJob(t, newMirror(t, u), st, []string{"p"}).Run(context.Background())
+	}()
+	time.Sleep(time.Second)
+	if p := st.Join(d1); p != nil {
+		p.Release()
+		t.Error("the failed download is still registered while its sibling runs")
+	}
+	<-done
+}
+
+// RunNow on a scheduler that has stopped (replaced by a reload, or
+// Outpost stopping) says so at once instead of hanging.
+func TestRunNowAfterStop(t *testing.T) {
+	u := newUpstream(t)
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	s := msync.NewScheduler([]msync.Schedule{{Job: newJob(t, newMirror(t, u), st, []string{"p"}), Interval: time.Hour}}, time.Hour, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	cancel()
+	<-done
+	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer rcancel()
+	if _, err := s.RunNow(rctx, "test"); !errors.Is(err, msync.ErrStopped) {
+		t.Errorf("RunNow after the stop: %v, want ErrStopped at once", err)
 	}
 }

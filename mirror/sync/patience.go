@@ -39,12 +39,14 @@ func (j *Job) patiently(ctx context.Context, what string, op func() error) error
 
 // waitRateLimit pauses while upstream's announced pull allowance is at or
 // below the reserve, looking again every RateLimitRetry with a HEAD of
-// repo:ref (HEADs do not count against Docker Hub's limit).
+// repo:ref (HEADs do not count against Docker Hub's limit). After
+// maxAttempts pauses it goes on (an allowance that HEADs never refresh
+// must not hold the job for ever; a 429 is then waited out).
 func (j *Job) waitRateLimit(ctx context.Context, repo, ref string) error {
 	if j.opts.RateLimitMin < 0 {
 		return nil
 	}
-	for {
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
 		n, ok := j.opts.Upstream.RateLimitRemaining()
 		if !ok || n > j.opts.RateLimitMin {
 			return nil
@@ -56,6 +58,8 @@ func (j *Job) waitRateLimit(ctx context.Context, repo, ref string) error {
 		}
 		j.opts.Upstream.Head(ctx, repo, ref) // refreshes RateLimit-Remaining
 	}
+	j.log.Warn("going on although the announced pull allowance did not come back", "repo", repo)
+	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

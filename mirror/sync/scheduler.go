@@ -32,8 +32,9 @@ type Scheduler struct {
 	log   *slog.Logger
 	first time.Duration // the longest wait before a job's first run
 
-	mu   stdsync.Mutex
-	jobs map[string]*scheduled
+	mu      stdsync.Mutex
+	jobs    map[string]*scheduled
+	stopped chan struct{} // closed when Run returns
 }
 
 type scheduled struct {
@@ -50,8 +51,13 @@ type runResult struct {
 	err error
 }
 
-// ErrUnknownMirror means RunNow was asked for a job that is not configured.
-var ErrUnknownMirror = errors.New("no such mirror")
+var (
+	// ErrUnknownMirror means RunNow was asked for a job that is not configured.
+	ErrUnknownMirror = errors.New("no such mirror")
+	// ErrStopped means the scheduler has stopped (a reload replaced it, or
+	// Outpost is stopping).
+	ErrStopped = errors.New("the mirror scheduler has stopped")
+)
 
 // NewScheduler returns a scheduler for the given jobs. Each one first runs
 // within firstRun of Run's start (at a random point, 0: at once), then on
@@ -60,7 +66,7 @@ func NewScheduler(schedules []Schedule, firstRun time.Duration, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Scheduler{log: log, first: firstRun, jobs: map[string]*scheduled{}}
+	s := &Scheduler{log: log, first: firstRun, jobs: map[string]*scheduled{}, stopped: make(chan struct{})}
 	for _, sc := range schedules {
 		s.jobs[sc.Job.Name()] = &scheduled{Schedule: sc, now: make(chan chan runResult)}
 	}
@@ -70,6 +76,7 @@ func NewScheduler(schedules []Schedule, firstRun time.Duration, log *slog.Logger
 // Run runs the jobs until ctx ends; a run in progress is cancelled then
 // (its staging stays, for the next run to resume).
 func (s *Scheduler) Run(ctx context.Context) {
+	defer close(s.stopped)
 	var wg stdsync.WaitGroup
 	for _, j := range s.jobs {
 		wg.Add(1)
@@ -156,6 +163,8 @@ func (s *Scheduler) RunNow(ctx context.Context, name string) (*Report, error) {
 	reply := make(chan runResult, 1)
 	select {
 	case j.now <- reply:
+	case <-s.stopped:
+		return nil, ErrStopped
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
