@@ -248,6 +248,7 @@ func (a *app) adminHandler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /status", a.serveStatus)
+	mux.HandleFunc("GET /images", a.serveImages)
 	mux.HandleFunc("GET /mirrors", a.serveMirrorStatus)
 	mux.HandleFunc("POST /mirrors/{name}/run", a.serveMirrorRun)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })

@@ -55,6 +55,7 @@ func newCLI() *cli.App {
 			},
 			syncCommand(),
 			statusCommand(),
+			imagesCommand(),
 			serviceCommand(),
 			{
 				Name:  "version",

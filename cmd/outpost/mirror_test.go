@@ -466,3 +466,43 @@ func TestFillAndSyncShareOneDownload(t *testing.T) {
 		t.Errorf("%d blob downloads from upstream, want 2: the layer once for both, the config", n)
 	}
 }
+
+// outpost images lists what the store holds, pinned or not and by whom,
+// from a running instance and from a stopped store alike.
+func TestImagesCommand(t *testing.T) {
+	up := newUpstream(t)
+	up.push("org/app", "v1", multiArch(t))
+	d := up.push("org/other", "1", randomImage(t, 4096, 1))
+	o := startOutpost(t, mirrorConfig(up, "127.0.0.1:0"), "")
+	runMirror(t, o.admin, "edge")
+	pullAll(t, o.ref(t, "org/other@"+d.String()))
+	cfgPath := filepath.Join(t.TempDir(), "outpost.yaml")
+	os.WriteFile(cfgPath, []byte(strings.ReplaceAll(mirrorConfig(up, o.admin), "%ROOT%", o.root)), 0o600)
+	check := func(when string) {
+		var out bytes.Buffer
+		if err := runImages(context.Background(), cfgPath, "size", false, &out); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		for _, want := range []string{"docker.io/org/app:v1", "mirror:edge", "docker.io/org/other@sha256:", "2 image(s), 1 pinned"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%s: outpost images lacks %q:\n%s", when, want, out.String())
+			}
+		}
+		out.Reset()
+		if err := runImages(context.Background(), cfgPath, "age", true, &out); err != nil {
+			t.Fatal(err)
+		}
+		var body struct {
+			Images []store.Image `json:"images"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &body); err != nil || len(body.Images) != 2 {
+			t.Errorf("%s: --json: %v %s", when, err, out.String())
+		}
+	}
+	check("while serve runs")
+	o.stop()
+	check("on the stopped store")
+	if err := runImages(context.Background(), cfgPath, "name", false, io.Discard); err == nil {
+		t.Error("--sort name was accepted")
+	}
+}
