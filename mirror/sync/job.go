@@ -326,6 +326,11 @@ func isSigTag(tag string) bool {
 func (p *pass) syncTag(repo, tag string) (v1.Hash, error) {
 	j, ctx, rep := p.j, p.ctx, p.rep
 	key := j.opts.Registry + "/" + repo
+	// A run the window closed on goes no further until it opens again: no
+	// HEADs or manifests either (blob bodies pause in their reads).
+	if err := p.gate.waitWindow(ctx); err != nil {
+		return v1.Hash{}, err
+	}
 	var head v1.Descriptor
 	err := j.patiently(ctx, "head", func() (err error) {
 		head, err = j.opts.Upstream.Head(ctx, repo, tag)
