@@ -31,21 +31,23 @@ type Image struct {
 	PinnedBy  []string  `json:"pinnedBy,omitempty"`  // owners keeping it: "mirror:<name>", …
 }
 
-// Images lists every image in the store. It reads the metadata in one
+// Images lists every image in the store. It reads all the metadata in one
 // transaction and stats each file once; on a Pi with 100,000 blobs that is
 // seconds, so it is for `outpost images` and the status page, not for
 // request paths.
 func (s *Store) Images() ([]Image, error) {
 	g := &graph{manifests: map[string]manifestMeta{}, blobs: map[string]int64{}, access: map[string]int64{},
 		tags: map[string][]string{}, pins: map[string][]string{}, links: map[string][]string{}, referrers: map[string][]string{}}
+	// Pending access times first: a flush between would move them from
+	// here to the keys the transaction no longer sees.
+	s.access.mu.Lock()
+	for d, hour := range s.access.pending {
+		g.access[d] = hour
+	}
+	s.access.mu.Unlock()
 	if err := s.view(g.load); err != nil {
 		return nil, err
 	}
-	s.access.mu.Lock()
-	for d, hour := range s.access.pending {
-		g.access[d] = max(g.access[d], hour)
-	}
-	s.access.mu.Unlock()
 
 	// What each item is reachable from: the roots are the manifests that
 	// are nobody's child and not a referrer of a stored manifest.
@@ -69,7 +71,7 @@ func (s *Store) Images() ([]Image, error) {
 		}
 	}
 	for d := range g.blobs {
-		if !child[d] {
+		if _, isManifest := g.manifests[d]; !child[d] && !isManifest {
 			roots = append(roots, d) // a loose blob
 		}
 	}
@@ -82,42 +84,60 @@ func (s *Store) Images() ([]Image, error) {
 		}
 	}
 	out := make([]Image, 0, len(roots))
+	stored := map[string]time.Time{} // file times, each file stat'ed once
+	storedAt := func(it string) time.Time {
+		if t, ok := stored[it]; ok {
+			return t
+		}
+		var t time.Time
+		if h, err := v1.NewHash(it); err == nil {
+			if fi, err := os.Stat(s.blobPath(h)); err == nil {
+				t = fi.ModTime()
+			}
+		}
+		stored[it] = t
+		return t
+	}
 	for _, r := range roots {
 		d, err := v1.NewHash(r)
 		if err != nil {
 			continue
 		}
-		img := Image{Digest: d, MediaType: g.manifests[r].MediaType, Tags: g.tags[r], PinnedBy: g.pins[r]}
-		repos := map[string]bool{}
+		img := Image{Digest: d, MediaType: g.manifests[r].MediaType}
+		tags, pins, repos := map[string]bool{}, map[string]bool{}, map[string]bool{}
 		for _, it := range closure[r] {
-			size, stored := g.size(it)
-			if !stored {
+			// A child tagged or pinned on its own (a platform image with
+			// a tag of its own) shows with the image it belongs to.
+			for _, t := range g.tags[it] {
+				tags[t] = true
+			}
+			for _, p := range g.pins[it] {
+				pins[p] = true
+			}
+			size, ok := g.size(it)
+			if !ok {
 				img.Missing++
 				continue
 			}
 			img.Items++
-			if owners[it] > 1 {
-				img.Shared += size
-			} else {
+			exclusive := owners[it] == 1
+			if exclusive {
 				img.Size += size
+			} else {
+				img.Shared += size
 			}
-			if at := g.access[it]; at > 0 {
+			// Use of a shared layer says nothing about this image.
+			if at := g.access[it]; at > 0 && (exclusive || it == r) {
 				img.Accessed = maxTime(img.Accessed, time.Unix(at, 0))
 			}
-			if h, err := v1.NewHash(it); err == nil {
-				if fi, err := os.Stat(s.blobPath(h)); err == nil && (img.Stored.IsZero() || fi.ModTime().Before(img.Stored)) {
-					img.Stored = fi.ModTime()
-				}
+			if t := storedAt(it); !t.IsZero() && (img.Stored.IsZero() || t.Before(img.Stored)) {
+				img.Stored = t
 			}
 		}
 		for _, repo := range g.links[r] {
 			repos[repo] = true
 		}
-		for repo := range repos {
-			img.Repos = append(img.Repos, repo)
-		}
-		slices.Sort(img.Repos)
-		slices.Sort(img.Tags)
+		img.Tags, img.PinnedBy, img.Repos = sortedKeys(tags), sortedKeys(pins), sortedKeys(repos)
 		out = append(out, img)
 	}
 	return out, nil
@@ -155,7 +175,8 @@ func (g *graph) load(txn *badger.Txn) error {
 				g.blobs[key[len(prefixBlob):]] = b.Size
 			case strings.HasPrefix(key, prefixAccess):
 				at, _ := strconv.ParseInt(string(v), 10, 64)
-				g.access[key[len(prefixAccess):]] = at
+				d := key[len(prefixAccess):]
+				g.access[d] = max(g.access[d], at) // a pending time may be newer
 			case strings.HasPrefix(key, prefixTag):
 				var t tagMeta
 				if err := json.Unmarshal(v, &t); err != nil {
@@ -215,6 +236,18 @@ func (g *graph) size(d string) (int64, bool) {
 	}
 	size, ok := g.blobs[d]
 	return size, ok
+}
+
+func sortedKeys(m map[string]bool) []string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func maxTime(a, b time.Time) time.Time {

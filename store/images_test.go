@@ -3,7 +3,10 @@ package store
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // Images groups the store by image: an index with its children and their
@@ -44,6 +47,10 @@ func TestImages(t *testing.T) {
 	}
 	other, otherSize := image("other config", "other layer")
 	_ = other
+	amdDigest := amd[strings.Index(amd, `"digest":"`)+10 : len(amd)-2]
+	amdHash, _ := v1.NewHash(amdDigest)
+	sess.Tag("docker.io/acme/app-amd64", "v1", amdHash) // a child with a tag of its own
+	sess.Pin("mirror:amd", "docker.io/acme/app-amd64", "v1", amdHash)
 	sess.Tag("docker.io/acme/app", "v1", indexDigest)
 	sess.Tag("docker.io/acme/app", "latest", indexDigest)
 	sess.Pin("mirror:edge", "docker.io/acme/app", "v1", indexDigest)
@@ -70,7 +77,8 @@ func TestImages(t *testing.T) {
 	if ix.Size != wantSize || ix.Shared != 24 || ix.Missing != 2 || ix.Items != 9 {
 		t.Errorf("index: size %d shared %d missing %d items %d, want %d, 24, 2, 9", ix.Size, ix.Shared, ix.Missing, ix.Items, wantSize)
 	}
-	if !slices.Equal(ix.Tags, []string{"docker.io/acme/app:latest", "docker.io/acme/app:v1"}) || !slices.Equal(ix.PinnedBy, []string{"mirror:edge"}) ||
+	if !slices.Equal(ix.Tags, []string{"docker.io/acme/app-amd64:v1", "docker.io/acme/app:latest", "docker.io/acme/app:v1"}) ||
+		!slices.Equal(ix.PinnedBy, []string{"mirror:amd", "mirror:edge"}) ||
 		ix.Stored.IsZero() || ix.MediaType != "application/vnd.oci.image.index.v1+json" {
 		t.Errorf("index: %+v", ix)
 	}
@@ -85,5 +93,28 @@ func TestImages(t *testing.T) {
 		if img.Digest != indexDigest && img.Digest != loose && (img.Size != int64(otherSize) || img.Shared != 24 || len(img.Tags) != 0) {
 			t.Errorf("other image: %+v, want size %d", img, otherSize)
 		}
+	}
+}
+
+// A manifest first fetched as a blob (GET /blobs/ of its digest) has both
+// keys; it is one image, not two that share everything.
+func TestImagesManifestAlsoBlob(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	sess, _ := s.Begin(KindFill, "test")
+	writeBlob(t, sess, []byte(manifest))
+	if err := sess.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	sess, _ = s.Begin(KindFill, "test")
+	if _, err := sess.Manifest("docker.io/acme/app", []byte(manifest), "application/vnd.oci.image.manifest.v1+json"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	images, err := s.Images()
+	if err != nil || len(images) != 1 || images[0].Size != int64(len(manifest)) || images[0].Shared != 0 {
+		t.Fatalf("%+v %v", images, err)
 	}
 }

@@ -53,6 +53,7 @@ type Session struct {
 	writers map[string]*BlobWriter // digest → this session's blob writers
 	meta    map[string]any         // badger key → value (JSON) to set
 	empties map[string]bool        // badger keys to set with an empty value
+	needs   map[string]bool        // digests that must be stored when the commit's metadata is written
 }
 
 type sessionInfo struct {
@@ -80,7 +81,7 @@ func (s *Store) Begin(kind Kind, origin string) (*Session, error) {
 
 func (s *Store) session(id, dir string, kind Kind, origin string) *Session {
 	return &Session{s: s, id: id, dir: dir, kind: kind, origin: origin, files: map[string]string{},
-		writers: map[string]*BlobWriter{}, meta: map[string]any{}, empties: map[string]bool{}}
+		writers: map[string]*BlobWriter{}, meta: map[string]any{}, empties: map[string]bool{}, needs: map[string]bool{}}
 }
 
 // openSession notes that session id is in use in this process; it reports
@@ -255,6 +256,16 @@ func writeFileSync(path string, b []byte) error {
 		err = f.Sync()
 	}
 	return errors.Join(err, f.Close())
+}
+
+// Need makes the commit fail unless content d is stored (or staged here)
+// when its metadata is written: a mirror's image names blobs that other
+// sessions published, and a tag must never point at an image one of whose
+// blobs went meanwhile (invariant 3, extended to what the image needs).
+func (ss *Session) Need(d v1.Hash) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.needs[d.String()] = true
 }
 
 // Tag points repo:tag at manifest d, confirmed upstream now.
@@ -432,6 +443,12 @@ func (ss *Session) writeMeta() (added, addedBytes int64, err error) {
 			}
 			if err := setJSON(txn, []byte(key), v); err != nil {
 				return err
+			}
+		}
+		for digest := range ss.needs {
+			_, staged := ss.files[digest]
+			if !staged && !exists(txn, blobKey(digest)) && !exists(txn, manifestKey(digest)) {
+				return fmt.Errorf("%s is needed and no longer stored: %w", digest, ErrNotFound)
 			}
 		}
 		for key := range ss.empties {

@@ -357,7 +357,7 @@ func (s *Store) get(key []byte, v any) error {
 // a bounded in-memory cache, shared by every caller, so that serving one
 // to many clients costs no copy per client.
 func (s *Store) Manifest(d v1.Hash) (Manifest, error) {
-	m, f, err := s.openManifest(d, true)
+	m, f, err := s.openManifest(d, true, true)
 	if f != nil {
 		f.Close()
 	}
@@ -369,12 +369,21 @@ func (s *Store) Manifest(d v1.Hash) (Manifest, error) {
 // else with its file open (the caller closes it; Bytes is nil), so that a
 // large manifest is sent like a blob, not copied per client.
 func (s *Store) OpenManifest(d v1.Hash) (Manifest, *os.File, error) {
-	return s.openManifest(d, false)
+	return s.openManifest(d, false, true)
 }
 
-func (s *Store) openManifest(d v1.Hash, wantBytes bool) (Manifest, *os.File, error) {
+// PeekManifest reads manifest d like OpenManifest, without counting as a
+// use: for bookkeeping (a mirror job checking what it has), which must
+// neither make content look fresh to LRU eviction nor write access times.
+func (s *Store) PeekManifest(d v1.Hash) (Manifest, *os.File, error) {
+	return s.openManifest(d, false, false)
+}
+
+func (s *Store) openManifest(d v1.Hash, wantBytes, touch bool) (Manifest, *os.File, error) {
 	if m, ok := s.manifests.get(d); ok {
-		s.Touch(d)
+		if touch {
+			s.Touch(d)
+		}
 		return m, nil, nil
 	}
 	gen := s.manifests.gen.Load()
@@ -390,7 +399,9 @@ func (s *Store) openManifest(d v1.Hash, wantBytes bool) (Manifest, *os.File, err
 	if err != nil {
 		return Manifest{}, nil, fmt.Errorf("store: manifest %s: %w", d, err)
 	}
-	s.Touch(d)
+	if touch {
+		s.Touch(d)
+	}
 	if !wantBytes && meta.Size > maxCachedManifest {
 		return m, f, nil
 	}

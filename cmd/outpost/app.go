@@ -171,6 +171,28 @@ func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
 	a.mu.Lock()
 	a.runCtx = ctx
 	a.mu.Unlock()
+	// The mirrors start before the admin listener answers, so that
+	// `outpost sync` right after a start finds them.
+	a.life.Lock()
+	a.mu.Lock()
+	cfg, ups := a.cfg, a.upstreams
+	a.mu.Unlock()
+	var m *mirrors
+	jobs, err := buildJobs(cfg, ups, a.store, a.mirMetrics, a, nil)
+	if err != nil {
+		// Serving matters more; and without the jobs nothing may be
+		// judged stale (pins, staging).
+		a.log.Error("mirrors not started", "err", err)
+	} else {
+		m = startMirrors(jobs, a)
+	}
+	a.mu.Lock()
+	a.mirrors = m
+	a.started = time.Now()
+	attrs := []any{"address", ln.Addr().String(), "storage", a.cfg.Storage.Root, "upstreams", len(a.upstreams),
+		"mirrors", len(jobs), "version", version}
+	a.mu.Unlock()
+	a.life.Unlock()
 	g.Go(func() error { return a.cache.Serve(ctx, ln) })
 	if adminLn != nil {
 		srv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -187,22 +209,6 @@ func (a *app) run(ctx context.Context, ln, adminLn net.Listener) error {
 			return srv.Shutdown(shutdownCtx)
 		})
 	}
-	a.life.Lock()
-	a.mu.Lock()
-	cfg, ups := a.cfg, a.upstreams
-	a.mu.Unlock()
-	jobs, err := buildJobs(cfg, ups, a.store, a.mirMetrics, a, nil)
-	if err != nil {
-		a.log.Error("mirrors not started", "err", err) // serving matters more
-	}
-	m := startMirrors(jobs, a)
-	a.mu.Lock()
-	a.mirrors = m
-	a.started = time.Now()
-	attrs := []any{"address", ln.Addr().String(), "storage", a.cfg.Storage.Root, "upstreams", len(a.upstreams),
-		"mirrors", len(jobs), "version", version}
-	a.mu.Unlock()
-	a.life.Unlock()
 	a.ready.Store(true)
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())

@@ -146,6 +146,12 @@ func (a *app) serveMirrorRun(w http.ResponseWriter, r *http.Request) {
 	var rep *msync.Report
 	err := msync.ErrStopped
 	for attempt := 0; attempt < 2 && errors.Is(err, msync.ErrStopped); attempt++ {
+		if attempt > 0 {
+			// A reload replaced the scheduler: it holds life until the new
+			// one is in place.
+			a.life.Lock()
+			a.life.Unlock() // a barrier, not a critical section
+		}
 		a.mu.Lock()
 		m := a.mirrors
 		a.mu.Unlock()

@@ -36,6 +36,20 @@ func (g *gate) withoutWindow() *gate {
 	return &gate{lim: g.lim, burst: g.burst, now: g.now}
 }
 
+// waitWindowUnless is waitWindow that also returns as soon as bypass
+// reports true (a pull joined the paused download).
+func (g *gate) waitWindowUnless(ctx context.Context, bypass func() bool) error {
+	if g.window == nil || bypass == nil {
+		return g.waitWindow(ctx)
+	}
+	for !g.window.Contains(g.now()) && !bypass() {
+		if err := sleep(ctx, 250*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // waitWindow returns once the window is open (at once without a window).
 // It looks at the clock at least every minute, so a clock set late (a Pi
 // without a real-time clock getting NTP) is noticed.
@@ -79,7 +93,7 @@ func (gr *gatedReader) Read(p []byte) (int, error) {
 	if gr.bypass != nil && gr.bypass() {
 		return gr.r.Read(p)
 	}
-	if err := gr.g.waitWindow(gr.ctx); err != nil {
+	if err := gr.g.waitWindowUnless(gr.ctx, gr.bypass); err != nil {
 		return 0, err
 	}
 	if gr.g.lim == nil {

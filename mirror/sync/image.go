@@ -86,6 +86,9 @@ func (im *image) tree(b []byte, mt string, d v1.Hash, depth int) error {
 	if err := im.blobs(blobs); err != nil {
 		return err
 	}
+	for _, bl := range blobs {
+		im.sess.Need(bl.Digest) // published by their own sessions: still there at the commit?
+	}
 	got, err := im.sess.Manifest(im.key, b, mt)
 	if err != nil {
 		return err
@@ -105,7 +108,7 @@ func (im *image) tree(b []byte, mt string, d v1.Hash, depth int) error {
 func (im *image) manifest(ref string, d v1.Hash) ([]byte, string, v1.Hash, error) {
 	st := im.job.opts.Store
 	if d.Hex != "" && st.HasManifest(d) {
-		m, f, err := st.OpenManifest(d)
+		m, f, err := st.PeekManifest(d)
 		if err == nil {
 			b := m.Bytes
 			if f != nil {
@@ -186,37 +189,51 @@ func (im *image) blobs(descs []v1.Descriptor) error {
 // download instead. An interrupted download of it is resumed.
 func (im *image) blob(desc v1.Descriptor) error {
 	st := im.job.opts.Store
-	origin := im.job.origin(im.key, im.tag, desc.Digest.String())
+	if st.HasBlob(desc.Digest) {
+		return nil
+	}
+	sess, resumed, err := im.blobSession(im.job.origin(im.key, im.tag, desc.Digest.String()))
+	if err != nil {
+		return err
+	}
 	for attempt := 0; attempt < 3; attempt++ {
 		if st.HasBlob(desc.Digest) {
-			return nil
+			break
 		}
-		sess, resumed, err := im.blobSession(origin)
+		if p := st.Join(desc.Digest); p != nil {
+			p.Release() // waiting must not count as a follower (see await)
+			if err := im.await(desc.Digest); err != nil {
+				sess.Close()
+				return err
+			}
+			continue // stored now, or the other download failed: try ourselves
+		}
+		// The upstream's slot before the write is registered: a write
+		// waiting for one would hold back every pull that joined it.
+		release, err := im.slot()
 		if err != nil {
+			sess.Close()
 			return err
 		}
 		w, other, err := sess.Blob(desc.Digest, desc.Size)
 		if w == nil {
-			if resumed {
-				sess.Close() // its part stays for later
-			} else {
-				sess.Abort()
-			}
+			release()
 			switch {
 			case errors.Is(err, store.ErrExists):
+				sess.Abort() // a resumed part is of no use now
 				return nil
 			case err != nil:
+				sess.Close()
 				return err
 			}
-			if err := im.await(other, desc.Digest); err != nil && im.ctx.Err() != nil {
-				return err
-			}
-			continue // stored now, or the other download failed: try ourselves
+			other.Release()
+			continue // someone started it just now: wait for them above
 		}
 		err = im.download(w, desc)
 		if err == nil {
 			err = sess.Commit()
 		}
+		release()
 		switch {
 		case err == nil:
 			return nil
@@ -227,10 +244,29 @@ func (im *image) blob(desc v1.Descriptor) error {
 		}
 		return err
 	}
+	if resumed {
+		sess.Close() // its part may still serve a later run
+	} else {
+		sess.Abort()
+	}
 	if st.HasBlob(desc.Digest) {
 		return nil
 	}
 	return errors.New("another download of it kept failing")
+}
+
+// slot takes one of the upstream's download slots (shared by its jobs).
+func (im *image) slot() (release func(), err error) {
+	slots := im.job.opts.Slots
+	if slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-im.ctx.Done():
+		return nil, im.ctx.Err()
+	}
 }
 
 // blobSession resumes the interrupted session of origin, or begins one.
@@ -247,55 +283,46 @@ func (im *image) blobSession(origin string) (*store.Session, bool, error) {
 	return sess, false, err
 }
 
-// heldLimit bounds how long a verified write of someone else's may stay
-// unpublished before this image gives up on it for this run (an import or
-// upload session that publishes at its own end).
-const heldLimit = 30 * time.Second
+// heldLimit bounds how long someone else's write of a blob may go on being
+// "in progress" without its blob being stored, before this image gives up
+// on it for this run (a fill whose client left, an import that publishes
+// at its own end).
+const heldLimit = 30 * time.Minute
 
-// await follows someone else's write of d until it is stored or ends.
-func (im *image) await(p *store.Pending, d v1.Hash) error {
+// await waits until someone else's write of d is stored or ends. It looks
+// every 200 ms instead of holding the write: a handle would count as a
+// follower, and a job waiting is not a client (it must not lift the other
+// job's cap, nor keep a fill nobody else wants alive).
+func (im *image) await(d v1.Hash) error {
 	st := im.job.opts.Store
-	defer func() { p.Release() }()
-	var verifiedAt time.Time
-	for {
-		if err := p.Wait(im.ctx); err != nil {
-			return err
-		}
-		// Verified; it is stored once its session commits.
-		if verifiedAt.IsZero() {
-			verifiedAt = time.Now()
-		} else if time.Since(verifiedAt) > heldLimit {
-			return fmt.Errorf("blob %s: another session holds it verified but does not publish it", d)
-		}
-		if err := sleep(im.ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-		if st.HasBlob(d) {
-			return nil
-		}
-		q := st.Join(d)
-		if q == nil {
+	deadline := time.Now().Add(heldLimit)
+	for !st.HasBlob(d) {
+		p := st.Join(d)
+		if p == nil {
 			return nil // ended without storing it: the caller tries
 		}
 		p.Release()
-		p = q
+		if time.Now().After(deadline) {
+			return fmt.Errorf("blob %s: another download of it has not finished in %v", d, heldLimit)
+		}
+		if err := sleep(im.ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
 // download fetches the blob into w from where a resumed part file stops,
 // under the job's bandwidth cap and window.
 func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
-	if slots := im.job.opts.Slots; slots != nil {
-		select {
-		case slots <- struct{}{}:
-			defer func() { <-slots }()
-		case <-im.ctx.Done():
-			return im.ctx.Err()
-		}
-	}
 	off := w.Written()
 	if desc.Size >= 0 && off == desc.Size {
-		return w.Close() // complete before the interruption: verify it
+		// Complete before the interruption: verify it.
+		if err := w.Close(); err != nil {
+			return err
+		}
+		im.count(0, 1, 0)
+		return nil
 	}
 	if off > 0 {
 		im.job.log.Info("resuming an interrupted blob download", "repo", im.key, "digest", desc.Digest, "from", off)

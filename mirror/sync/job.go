@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"slices"
 	"strings"
 	stdsync "sync"
@@ -187,8 +188,10 @@ type pass struct {
 }
 
 func (j *Job) run(ctx context.Context, dry bool, g *gate) (*Report, error) {
-	j.runMu.Lock()
-	defer j.runMu.Unlock()
+	if !dry { // a dry run writes nothing: it may overlap a run
+		j.runMu.Lock()
+		defer j.runMu.Unlock()
+	}
 	p := &pass{j: j, ctx: ctx, gate: g, rep: &Report{Mirror: j.opts.Name, Started: j.opts.Now(), DryRun: dry},
 		selected: map[string]bool{}, synced: map[string]bool{}, complete: true}
 	finish := func(err error) (*Report, error) {
@@ -267,6 +270,13 @@ func (p *pass) syncRepo(repo string) error {
 		p.complete = false // a cut list must not unpin what it did not show
 		j.log.Warn("the upstream's tag list is longer than Outpost reads; the rest is left out", "repo", repo, "tags", len(all))
 	}
+	all = slices.DeleteFunc(all, func(tag string) bool {
+		if validTag.MatchString(tag) {
+			return false
+		}
+		j.log.Warn("the upstream lists a tag that is not a valid OCI tag; left out", "repo", repo, "tag", tag)
+		return true
+	})
 	tags := all
 	if j.opts.Tags != nil {
 		tags = j.opts.Tags.Select(all)
@@ -310,6 +320,9 @@ func (p *pass) syncRepo(repo string) error {
 	}
 	return nil
 }
+
+// validTag is the distribution spec's tag grammar.
+var validTag = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 
 // isSigTag reports whether tag is one of cosign's: sha256-<hex>.sig, .att
 // or .sbom.
@@ -492,7 +505,7 @@ func (j *Job) missing(d v1.Hash) (n int, size int64, err error) {
 	if !st.HasManifest(d) {
 		return 1, 0, nil
 	}
-	m, f, err := st.OpenManifest(d)
+	m, f, err := st.PeekManifest(d)
 	if err != nil {
 		return 1, 0, err
 	}
@@ -566,7 +579,8 @@ func parse(b []byte, mediaType string) (children, blobs []v1.Descriptor, err err
 }
 
 // interrupted maps the origins of this job's sessions left on disk by an
-// interruption to their ids (the newest one per origin).
+// interruption to their ids: the newest per origin; older ones of the
+// same origin are aborted (nothing would ever claim them).
 func (j *Job) interrupted() map[string]string {
 	infos, err := j.opts.Store.Interrupted(store.KindSync)
 	if err != nil {
@@ -574,10 +588,16 @@ func (j *Job) interrupted() map[string]string {
 		return nil
 	}
 	out := map[string]string{}
-	for _, in := range infos {
-		if strings.HasPrefix(in.Origin, j.opts.Name+" ") {
-			out[in.Origin] = in.ID
+	for _, in := range infos { // oldest first
+		if !strings.HasPrefix(in.Origin, j.opts.Name+" ") {
+			continue
 		}
+		if older, dup := out[in.Origin]; dup {
+			if sess, err := j.opts.Store.Resume(older); err == nil {
+				sess.Abort()
+			}
+		}
+		out[in.Origin] = in.ID
 	}
 	return out
 }

@@ -106,6 +106,10 @@ func (s *Scheduler) loop(ctx context.Context, j *scheduled) {
 		case <-t.C:
 		case reply = <-j.now:
 			t.Stop()
+			if ctx.Err() != nil { // stopping: say so rather than run
+				reply <- runResult{nil, ErrStopped}
+				return
+			}
 		}
 		rep, err := s.runOnce(ctx, j, reply != nil)
 		if reply != nil {
