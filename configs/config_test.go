@@ -477,6 +477,7 @@ func TestMirrorErrors(t *testing.T) {
 		{"unknown key", "    tag: {latest: 1}\n", `line 7: unknown field "tag" in mirrors[0] (did you mean "tags"?)`},
 		{"bad rate limit", "    rateLimit: {min: -2, retry: 0s}\n", `mirrors[0].rateLimit.min: -2 must be -1 (never pause) or more`},
 		{"short retry", "    rateLimit: {retry: 10ms}\n", `line 7: mirrors[0].rateLimit.retry: 10ms is too short`},
+		{"too parallel", "    parallel: 100\n", `line 7: mirrors[0].parallel: 100 must be between 1 and 64`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse(src, []byte(base+tc.extra))

@@ -27,6 +27,7 @@ type Mirror struct {
 	Window       Window    `yaml:"window"`       // daily local-time window for transfers ("01:00-05:00"); always when empty
 	Bandwidth    Rate      `yaml:"bandwidth"`    // cap on the job's downloads ("10MiB/s"); 0: none
 	RateLimit    RateLimit `yaml:"rateLimit"`    // respect of the upstream's announced pull allowance
+	Parallel     int       `yaml:"parallel"`     // blobs downloaded at once, default 3 (within the upstream's maxFills)
 }
 
 // RateLimit is how a mirror respects the pull allowance an upstream
@@ -223,6 +224,9 @@ func (c *Config) validateMirrors(bad func(path, format string, args ...any)) {
 		}
 		if m.Jitter < 0 || m.Jitter > m.Interval {
 			bad(p+".jitter", "%s must be between 0 and the interval (%s)", m.Jitter, m.Interval)
+		}
+		if m.Parallel < 0 || m.Parallel > 64 {
+			bad(p+".parallel", "%d must be between 1 and 64 (0 means the default, 3)", m.Parallel)
 		}
 		if m.RateLimit.Min < -1 {
 			bad(p+".rateLimit.min", "%d must be -1 (never pause) or more", m.RateLimit.Min)

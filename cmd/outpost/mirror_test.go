@@ -136,6 +136,23 @@ func TestSyncCommand(t *testing.T) {
 		t.Errorf("unknown mirror: %v", err)
 	}
 
+	// Without --once it keeps running the jobs on their schedules, in the
+	// foreground, until stopped.
+	up.push("org/app", "v3", multiArch(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := runSync(ctx, cfgPath, nil, false, false, &out, &errOut); err != nil {
+		t.Fatalf("sync in the foreground: %v", err)
+	}
+	if st, err := store.Open(root, store.Options{}); err != nil {
+		t.Fatal(err)
+	} else {
+		if _, err := st.Tag("docker.io/org/app", "v3"); err != nil {
+			t.Errorf("v3 after sync in the foreground: %v", err)
+		}
+		st.Close()
+	}
+
 	up.push("org/app", "v2", multiArch(t))
 	o := startOutpost(t, strings.ReplaceAll(mirrorConfig(up, "127.0.0.1:0"), "%ROOT%", root), root)
 	write(o.admin)
@@ -143,7 +160,7 @@ func TestSyncCommand(t *testing.T) {
 	if err := runSync(context.Background(), cfgPath, nil, true, false, &out, &errOut); err != nil {
 		t.Fatalf("sync while serve runs: %v\n%s", err, out.String())
 	}
-	if !strings.Contains(out.String(), "asking it") || !strings.Contains(out.String(), "1 image(s) synced, 1 up to date") {
+	if !strings.Contains(out.String(), "asking it") || !strings.Contains(out.String(), "1 image(s) synced, 2 up to date") {
 		t.Errorf("sync via serve printed %q", out.String())
 	}
 	if code, _, _ := o.get(t, "HEAD", "/v2/org/app/manifests/v2"); code != http.StatusOK {

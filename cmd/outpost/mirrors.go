@@ -63,7 +63,7 @@ func buildJobs(cfg *configs.Config, ups []*mirror.Upstream, st *store.Store, met
 		job, err := msync.NewJob(msync.Options{
 			Name: m.Name, Upstream: ups[i], Registry: configs.CanonicalName(cfg.Upstreams[i].Name), Store: st,
 			Repositories: m.Repositories, Tags: filter, Platforms: platforms, Referrers: m.Referrers,
-			Bandwidth: int64(m.Bandwidth), Window: window, Slots: slots[i],
+			Bandwidth: int64(m.Bandwidth), Window: window, Slots: slots[i], Parallel: m.Parallel,
 			RateLimitMin: int64(m.RateLimit.Min), RateLimitRetry: m.RateLimit.Retry.D(),
 			Logger: a.log.With("component", "sync"), Metrics: metrics, Progress: progress,
 		})
