@@ -156,9 +156,10 @@ func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 
 var mirrorName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
-// IsGlob reports whether a mirror's repository entry is a pattern to match
-// against the upstream's catalog rather than one repository.
-func IsGlob(repo string) bool { return strings.ContainsAny(repo, "*?[{") }
+// isGlob reports whether a mirror's repository entry is a pattern to match
+// against the upstream's catalog rather than one repository (as
+// mirror/sync, which cannot import configs, decides it too).
+func isGlob(repo string) bool { return strings.ContainsAny(repo, "*?[{") }
 
 // validateMirrors checks the mirrors section; bad collects each problem.
 func (c *Config) validateMirrors(bad func(path, format string, args ...any)) {
@@ -188,7 +189,7 @@ func (c *Config) validateMirrors(bad func(path, format string, args ...any)) {
 		}
 		for j, r := range m.Repositories {
 			rp := fmt.Sprintf("%s.repositories[%d]", p, j)
-			if IsGlob(r) {
+			if isGlob(r) {
 				if !doublestar.ValidatePattern(r) {
 					bad(rp, "%q is not a valid pattern", r)
 				}

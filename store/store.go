@@ -372,11 +372,15 @@ func (s *Store) OpenManifest(d v1.Hash) (Manifest, *os.File, error) {
 	return s.openManifest(d, false, true)
 }
 
-// PeekManifest reads manifest d like OpenManifest, without counting as a
-// use: for bookkeeping (a mirror job checking what it has), which must
-// neither make content look fresh to LRU eviction nor write access times.
-func (s *Store) PeekManifest(d v1.Hash) (Manifest, *os.File, error) {
-	return s.openManifest(d, false, false)
+// PeekManifest is Manifest without counting as a use: for bookkeeping (a
+// mirror job checking what it has), which must neither make content look
+// fresh to LRU eviction nor write access times.
+func (s *Store) PeekManifest(d v1.Hash) (Manifest, error) {
+	m, f, err := s.openManifest(d, true, false)
+	if f != nil {
+		f.Close()
+	}
+	return m, err
 }
 
 func (s *Store) openManifest(d v1.Hash, wantBytes, touch bool) (Manifest, *os.File, error) {

@@ -22,7 +22,7 @@ func imagesCommand() *cli.Command {
 		Name:  "images",
 		Usage: "list what the store holds, image by image: size, last access, pinned and why (reads a running instance too)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE` (YAML)", EnvVars: []string{"OUTPOST_CONFIG"}},
+			configFlag(),
 			&cli.StringFlag{Name: "sort", Value: "size", Usage: "`ORDER`: size (largest first) or age (least recently used first)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON, for scripts"},
 		},
@@ -72,19 +72,17 @@ func imagesFromServe(ctx context.Context, admin, root string) ([]store.Image, er
 		return nil, cli.Exit("outpost images: outpost serve is running on "+root+
 			"; set admin.address in the config so that outpost images can ask it", 2)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+adminHost(admin)+"/images", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	resp, b, err := askServe(ctx, admin, http.MethodGet, "/images")
+	if resp == nil {
 		return nil, fmt.Errorf("outpost images: asking the running instance: %w", err)
 	}
-	defer resp.Body.Close()
 	var body struct {
 		Images []store.Image `json:"images"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&body); err != nil || resp.StatusCode != http.StatusOK {
+	if err == nil {
+		err = json.Unmarshal(b, &body)
+	}
+	if err != nil || resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("outpost images: the running instance answered %s: %v", resp.Status, err)
 	}
 	return body.Images, nil

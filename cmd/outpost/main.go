@@ -45,7 +45,7 @@ func newCLI() *cli.App {
 			{
 				Name:  "serve",
 				Usage: "serve the cache (on the embedded default config unless --config is given)",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE` (YAML)", EnvVars: []string{"OUTPOST_CONFIG"}}},
+				Flags: []cli.Flag{configFlag()},
 				Action: func(c *cli.Context) error {
 					// Under systemd or launchd, a stop request cancels ctx.
 					return service.Run(c.Context, "outpost", func(ctx context.Context) error {

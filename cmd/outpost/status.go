@@ -53,7 +53,7 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show a running instance's upstreams and mirror jobs (read from its admin listener)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE` (YAML)", EnvVars: []string{"OUTPOST_CONFIG"}},
+			configFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print the JSON the instance sends"},
 		},
 		Action: func(c *cli.Context) error {
@@ -70,16 +70,10 @@ func runStatus(ctx context.Context, path string, asJSON bool, w io.Writer) error
 	if cfg.Admin.Address == "" {
 		return cli.Exit("outpost status: the config sets no admin.address, so there is nothing to ask", 2)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+adminHost(cfg.Admin.Address)+"/status", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	resp, b, err := askServe(ctx, cfg.Admin.Address, http.MethodGet, "/status")
+	if resp == nil {
 		return cli.Exit(fmt.Sprintf("outpost status: is outpost serve running? %v", err), 1)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return cli.Exit(fmt.Sprintf("outpost status: the instance answered %s %v", resp.Status, err), 1)
 	}
@@ -142,12 +136,4 @@ func printStatus(w io.Writer, st status, now time.Time) {
 			}
 		}
 	}
-}
-
-// adminHost turns a listen address into one to connect to.
-func adminHost(addr string) string {
-	if strings.HasPrefix(addr, ":") {
-		return "127.0.0.1" + addr
-	}
-	return addr
 }

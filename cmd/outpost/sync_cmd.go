@@ -34,7 +34,7 @@ func syncCommand() *cli.Command {
 		Name:  "sync",
 		Usage: "run mirror jobs now, in the foreground (asks a running outpost serve to run them if it holds the store)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE` (YAML)", EnvVars: []string{"OUTPOST_CONFIG"}},
+			configFlag(),
 			&cli.BoolFlag{Name: "once", Usage: "run each job once and exit (otherwise keep running them on their schedules)"},
 			&cli.StringSliceFlag{Name: "mirror", Aliases: []string{"m"}, Usage: "only the mirror `NAME` (repeatable)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print what would be fetched, fetching nothing but tag lists and HEADs"},
@@ -147,28 +147,24 @@ func syncViaServe(ctx context.Context, cfg *configs.Config, names []string, dry 
 		return cli.Exit("outpost sync: outpost serve is running on "+cfg.Storage.Root+
 			"; set admin.address in the config so that outpost sync can ask it to run the jobs", 2)
 	}
-	host := adminHost(cfg.Admin.Address)
-	fmt.Fprintf(stdout, "outpost serve holds the store; asking it (%s) to run the jobs\n", host)
+	fmt.Fprintf(stdout, "outpost serve holds the store; asking it (%s) to run the jobs\n", adminHost(cfg.Admin.Address))
 	failed := 0
 	for _, name := range names {
-		u := "http://" + host + "/mirrors/" + url.PathEscape(name) + "/run"
+		path := "/mirrors/" + url.PathEscape(name) + "/run"
 		if dry {
-			u += "?dry-run=1"
+			path += "?dry-run=1"
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
+		resp, b, err := askServe(ctx, cfg.Admin.Address, http.MethodPost, path)
+		if resp == nil {
 			return fmt.Errorf("outpost sync: asking the running instance: %w", err)
 		}
 		var body struct {
 			Error  string        `json:"error"`
 			Report *msync.Report `json:"report"`
 		}
-		err = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&body)
-		resp.Body.Close()
+		if err == nil {
+			err = json.Unmarshal(b, &body)
+		}
 		if err != nil {
 			return fmt.Errorf("outpost sync: the running instance answered %s: %w", resp.Status, err)
 		}

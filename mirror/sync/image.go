@@ -108,16 +108,8 @@ func (im *image) tree(b []byte, mt string, d v1.Hash, depth int) error {
 func (im *image) manifest(ref string, d v1.Hash) ([]byte, string, v1.Hash, error) {
 	st := im.job.opts.Store
 	if d.Hex != "" && st.HasManifest(d) {
-		m, f, err := st.PeekManifest(d)
-		if err == nil {
-			b := m.Bytes
-			if f != nil {
-				b, err = io.ReadAll(f)
-				f.Close()
-			}
-			if err == nil {
-				return b, m.MediaType, d, nil
-			}
+		if m, err := st.PeekManifest(d); err == nil {
+			return m.Bytes, m.MediaType, d, nil
 		}
 		// Unreadable (removed meanwhile): fetch it again.
 	}

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"regexp"
 	"slices"
@@ -505,19 +504,11 @@ func (j *Job) missing(d v1.Hash) (n int, size int64, err error) {
 	if !st.HasManifest(d) {
 		return 1, 0, nil
 	}
-	m, f, err := st.PeekManifest(d)
+	m, err := st.PeekManifest(d)
 	if err != nil {
 		return 1, 0, err
 	}
-	b := m.Bytes
-	if f != nil {
-		b, err = io.ReadAll(f)
-		f.Close()
-		if err != nil {
-			return 1, 0, err
-		}
-	}
-	children, blobs, err := parse(b, m.MediaType)
+	children, blobs, err := parse(m.Bytes, m.MediaType)
 	if err != nil {
 		return 1, 0, err
 	}
