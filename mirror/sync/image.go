@@ -1,7 +1,6 @@
 package sync
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,15 +18,11 @@ const maxDepth = 3
 // image syncs one tag's content: its manifests into one store session
 // (committed with the tag), its blobs each in a session of its own.
 type image struct {
-	pass *pass
+	pass *pass // the run: job, context, gate, report
 	tag  string
-	job  *Job
-	ctx  context.Context
-	gate *gate // the run's: with or without the window
 	sess *store.Session
 	repo string // upstream's name for the repository
 	key  string // the store's: registry/repo
-	rep  *Report
 
 	mu         stdsync.Mutex    // rep's counters, from parallel blob downloads
 	downloaded int              // manifests and blobs fetched for this image
@@ -50,7 +45,7 @@ func (im *image) sync(tag string, d v1.Hash) (v1.Hash, error) {
 	if err := im.tree(b, mt, d, 0); err != nil {
 		return v1.Hash{}, err
 	}
-	if im.job.opts.Referrers {
+	if im.pass.j.opts.Referrers {
 		if err := im.referrers(d); err != nil {
 			return v1.Hash{}, fmt.Errorf("referrers of %s: %w", d, err)
 		}
@@ -69,7 +64,7 @@ func (im *image) tree(b []byte, mt string, d v1.Hash, depth int) error {
 		return fmt.Errorf("manifest %s: %w", d, err)
 	}
 	for _, c := range children {
-		if !wantPlatform(im.job.opts.Platforms, c.Platform) {
+		if !wantPlatform(im.pass.j.opts.Platforms, c.Platform) {
 			continue
 		}
 		if depth+1 >= maxDepth {
@@ -106,20 +101,20 @@ func (im *image) tree(b []byte, mt string, d v1.Hash, depth int) error {
 // manifest returns manifest ref (digest d, or a tag when d is zero): the
 // stored bytes if the store has them, otherwise upstream's (checked).
 func (im *image) manifest(ref string, d v1.Hash) ([]byte, string, v1.Hash, error) {
-	st := im.job.opts.Store
+	st := im.pass.j.opts.Store
 	if d.Hex != "" && st.HasManifest(d) {
 		if m, err := st.PeekManifest(d); err == nil {
 			return m.Bytes, m.MediaType, d, nil
 		}
 		// Unreadable (removed meanwhile): fetch it again.
 	}
-	if err := im.job.waitRateLimit(im.ctx, im.repo, ref); err != nil {
+	if err := im.pass.j.waitRateLimit(im.pass.ctx, im.repo, ref); err != nil {
 		return nil, "", v1.Hash{}, err
 	}
 	var b []byte
 	var desc v1.Descriptor
-	err := im.job.patiently(im.ctx, "manifest", func() (err error) {
-		b, desc, err = im.job.opts.Upstream.Manifest(im.ctx, im.repo, ref)
+	err := im.pass.j.patiently(im.pass.ctx, "manifest", func() (err error) {
+		b, desc, err = im.pass.j.opts.Upstream.Manifest(im.pass.ctx, im.repo, ref)
 		return err
 	})
 	if err != nil {
@@ -136,21 +131,21 @@ func (im *image) count(manifests, blobs int, bytes int64) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	im.downloaded += manifests + blobs
-	im.rep.Manifests += manifests
-	im.rep.Blobs += blobs
-	im.rep.Bytes += bytes
-	im.job.opts.Metrics.bytes(im.job.opts.Name, bytes)
+	im.pass.rep.Manifests += manifests
+	im.pass.rep.Blobs += blobs
+	im.pass.rep.Bytes += bytes
+	im.pass.j.opts.Metrics.bytes(im.pass.j.opts.Name, bytes)
 }
 
 // blobs makes sure every blob is stored or staged in the session, a few
 // at a time.
 func (im *image) blobs(descs []v1.Descriptor) error {
-	sem := make(chan struct{}, im.job.opts.Parallel)
+	sem := make(chan struct{}, im.pass.j.opts.Parallel)
 	var wg stdsync.WaitGroup
 	var mu stdsync.Mutex
 	var first error
 	for _, desc := range descs {
-		if im.blobSeen[desc.Digest] || im.job.opts.Store.HasBlob(desc.Digest) {
+		if im.blobSeen[desc.Digest] || im.pass.j.opts.Store.HasBlob(desc.Digest) {
 			continue
 		}
 		if im.blobSeen == nil {
@@ -180,11 +175,11 @@ func (im *image) blobs(descs []v1.Descriptor) error {
 // someone else (a fill, another job) is downloading it, it waits for that
 // download instead. An interrupted download of it is resumed.
 func (im *image) blob(desc v1.Descriptor) error {
-	st := im.job.opts.Store
+	st := im.pass.j.opts.Store
 	if st.HasBlob(desc.Digest) {
 		return nil
 	}
-	sess, resumed, err := im.blobSession(im.job.origin(im.key, im.tag, desc.Digest.String()))
+	sess, resumed, err := im.blobSession(im.pass.j.origin(im.key, im.tag, desc.Digest.String()))
 	if err != nil {
 		return err
 	}
@@ -249,27 +244,27 @@ func (im *image) blob(desc v1.Descriptor) error {
 
 // slot takes one of the upstream's download slots (shared by its jobs).
 func (im *image) slot() (release func(), err error) {
-	slots := im.job.opts.Slots
+	slots := im.pass.j.opts.Slots
 	if slots == nil {
 		return func() {}, nil
 	}
 	select {
 	case slots <- struct{}{}:
 		return func() { <-slots }, nil
-	case <-im.ctx.Done():
-		return nil, im.ctx.Err()
+	case <-im.pass.ctx.Done():
+		return nil, im.pass.ctx.Err()
 	}
 }
 
 // blobSession resumes the interrupted session of origin, or begins one.
 func (im *image) blobSession(origin string) (*store.Session, bool, error) {
-	st := im.job.opts.Store
+	st := im.pass.j.opts.Store
 	if id, ok := im.pass.claim(origin); ok {
 		sess, err := st.Resume(id)
 		if err == nil {
 			return sess, true, nil
 		}
-		im.job.log.Warn("interrupted download not resumed", "session", id, "err", err)
+		im.pass.j.log.Warn("interrupted download not resumed", "session", id, "err", err)
 	}
 	sess, err := st.Begin(store.KindSync, origin)
 	return sess, false, err
@@ -286,7 +281,7 @@ const heldLimit = 30 * time.Minute
 // follower, and a job waiting is not a client (it must not lift the other
 // job's cap, nor keep a fill nobody else wants alive).
 func (im *image) await(d v1.Hash) error {
-	st := im.job.opts.Store
+	st := im.pass.j.opts.Store
 	deadline := time.Now().Add(heldLimit)
 	for !st.HasBlob(d) {
 		p := st.Join(d)
@@ -297,7 +292,7 @@ func (im *image) await(d v1.Hash) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("blob %s: another download of it has not finished in %v", d, heldLimit)
 		}
-		if err := sleep(im.ctx, 200*time.Millisecond); err != nil {
+		if err := sleep(im.pass.ctx, 200*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -317,12 +312,12 @@ func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
 		return nil
 	}
 	if off > 0 {
-		im.job.log.Info("resuming an interrupted blob download", "repo", im.key, "digest", desc.Digest, "from", off)
+		im.pass.j.log.Info("resuming an interrupted blob download", "repo", im.key, "digest", desc.Digest, "from", off)
 	}
 	var body io.ReadCloser
 	var size int64
-	err := im.job.patiently(im.ctx, "blob", func() (err error) {
-		body, size, err = im.job.opts.Upstream.Blob(im.ctx, im.repo, desc.Digest, off, desc.Size)
+	err := im.pass.j.patiently(im.pass.ctx, "blob", func() (err error) {
+		body, size, err = im.pass.j.opts.Upstream.Blob(im.pass.ctx, im.repo, desc.Digest, off, desc.Size)
 		return err
 	})
 	if err != nil {
@@ -339,9 +334,9 @@ func (im *image) download(w *store.BlobWriter, desc v1.Descriptor) error {
 	// While someone else follows the write (a pull waits for this blob),
 	// the job's cap and window do not hold it back.
 	followed := func() bool { n, _ := w.Interest(); return n > 0 }
-	var r io.Reader = im.gate.reader(im.ctx, body, followed)
+	var r io.Reader = im.pass.gate.reader(im.pass.ctx, body, followed)
 	var prog BlobProgress
-	if p := im.job.opts.Progress; p != nil {
+	if p := im.pass.j.opts.Progress; p != nil {
 		prog = p.BlobStarted(im.key, desc.Digest, size, off)
 		r = &progressReader{r: r, p: prog}
 	}
@@ -377,8 +372,8 @@ func (pr *progressReader) Read(b []byte) (int, error) {
 // attestations) with their blobs, all platforms.
 func (im *image) referrers(d v1.Hash) error {
 	var descs []v1.Descriptor
-	err := im.job.patiently(im.ctx, "referrers", func() (err error) {
-		descs, err = im.job.opts.Upstream.Referrers(im.ctx, im.repo, d)
+	err := im.pass.j.patiently(im.pass.ctx, "referrers", func() (err error) {
+		descs, err = im.pass.j.opts.Upstream.Referrers(im.pass.ctx, im.repo, d)
 		return err
 	})
 	if err != nil {

@@ -88,7 +88,7 @@ type Job struct {
 	opts  Options
 	log   *slog.Logger
 	gate  *gate // the scheduled runs': bandwidth cap and window
-	now   *gate // runs an operator asked for: the cap only
+	asked *gate // runs an operator asked for: the cap only
 	runMu stdsync.Mutex
 }
 
@@ -114,7 +114,7 @@ func NewJob(opts Options) (*Job, error) {
 	}
 	j := &Job{opts: opts, log: opts.Logger.With("mirror", opts.Name)}
 	j.gate = newGate(opts.Bandwidth, opts.Window, opts.Now)
-	j.now = j.gate.withoutWindow()
+	j.asked = j.gate.withoutWindow()
 	return j, nil
 }
 
@@ -164,12 +164,12 @@ func (j *Job) Run(ctx context.Context) (*Report, error) {
 // RunNow is Run at once, whatever the window says: an operator asked for
 // it (`outpost sync`). The bandwidth cap still holds.
 func (j *Job) RunNow(ctx context.Context) (*Report, error) {
-	return j.run(ctx, false, j.now)
+	return j.run(ctx, false, j.asked)
 }
 
 // DryRun lists what Run would fetch, fetching only tag lists and HEADs.
 func (j *Job) DryRun(ctx context.Context) (*Report, error) {
-	return j.run(ctx, true, j.now)
+	return j.run(ctx, true, j.asked)
 }
 
 // pass is one run's state.
@@ -390,7 +390,7 @@ func (p *pass) syncTag(repo, tag string) (v1.Hash, error) {
 		return v1.Hash{}, err
 	}
 	defer sess.Abort() // a no-op after Commit
-	img := &image{pass: p, job: j, ctx: ctx, gate: p.gate, rep: rep, sess: sess, repo: repo, key: key, tag: tag}
+	img := &image{pass: p, sess: sess, repo: repo, key: key, tag: tag}
 	d, err = img.sync(tag, d)
 	if err != nil {
 		return v1.Hash{}, err
